@@ -1,0 +1,59 @@
+"""Assemble the two aiohttp applications: the data listener and the admin listener.
+
+Every long-lived resource (sessions, Redis clients, providers, the log thread) is created in a
+``cleanup_ctx`` and stored under a ``web.AppKey``; nothing is global, so tests build a fresh app
+each time and the process can hold several (``demo`` runs the sandbox beside the sidecar).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import IO
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy.admin import build_admin_app
+from proxy.commlog import CommunicationLog
+from proxy.config import LoadedConfig
+from proxy.listener import Listener
+from proxy.metrics import Metrics
+from proxy.runtime import Resources
+from proxy.state import STATE, ProxyState
+
+log = logging.getLogger("proxy.app")
+
+
+
+
+def build_state(loaded: LoadedConfig, *, registry: CollectorRegistry | None = None, log_stream: IO[str] | None = None) -> ProxyState:
+    metrics = Metrics(registry)
+    commlog = CommunicationLog(stream=log_stream, redact_fields=loaded.proxy.log.redact_fields, level=loaded.proxy.log.level)
+    return ProxyState(loaded=loaded, metrics=metrics, commlog=commlog)
+
+
+def build_data_app(state: ProxyState) -> web.Application:
+    # client_max_size bounds downstream bodies; the GET route carries none.
+    app = web.Application(client_max_size=1024 * 1024, handler_args={"max_field_size": 8190, "max_line_size": 8190})
+    app[STATE] = state
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        state.commlog.start()
+        state.resources = Resources(state.metrics)
+        state.runtime = state.resources.build(state.loaded)
+        try:
+            yield
+        finally:
+            await state.resources.close()
+            state.commlog.stop()
+
+    app.cleanup_ctx.append(resources)
+    listener = Listener(state.current, state.metrics, state.commlog)
+    app.router.add_route("*", "/{tail:.*}", listener.handle)
+    return app
+
+
+def build_apps(loaded: LoadedConfig, *, registry: CollectorRegistry | None = None, log_stream: IO[str] | None = None) -> tuple[web.Application, web.Application]:
+    state = build_state(loaded, registry=registry, log_stream=log_stream)
+    return build_data_app(state), build_admin_app(state)

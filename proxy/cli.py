@@ -1,0 +1,244 @@
+"""The ``partner-proxy`` command: serve, check, sandbox, demo, explain."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from proxy.config import DEFAULT_ERRORS, DEFAULT_ROUTES, load_config
+from proxy.errors import ConfigError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _setup_logging(level: str = "info") -> None:
+    # Operational logs go to stderr; stdout carries the communication log (one JSON line per call).
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}',
+    )
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=str(DEFAULT_ROUTES), help="routes file (default: %(default)s)")
+    p.add_argument("--errors", default=str(DEFAULT_ERRORS), help="error tables file (default: %(default)s)")
+
+
+def _print_problems(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    print(f"{len(exc.problems)} problem(s); nothing was started", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(args.config, args.errors, strict_env=False)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_INVALID
+    for note in loaded.notes:
+        print(f"note: {note}", file=sys.stderr)
+    rules = sum(len(t.rules) for t in loaded.errors.values())
+    print(
+        f"ok: {args.config} and {args.errors} are valid "
+        f"({len(loaded.proxy.routes)} route(s), {len(loaded.proxy.clusters)} cluster(s), "
+        f"{len(loaded.errors)} error table(s) with {rules} rule(s))"
+    )
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.server import Server
+
+    try:
+        loaded = load_config(args.config, args.errors)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_INVALID
+    _setup_logging(loaded.proxy.log.level)
+    _use_uvloop()
+
+    async def main() -> int:
+        return await Server(loaded).run(args.config, args.errors)
+
+    return asyncio.run(main())
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from proxy.sandbox import SandboxSettings, run_sandbox
+
+    _setup_logging()
+    settings = SandboxSettings(client_id=args.client_id, client_secret=args.client_secret, token_ttl=args.token_ttl)
+
+    async def main() -> int:
+        runner = await run_sandbox(args.host, args.port, settings)
+        print(f"sandbox partner on http://{args.host}:{args.port} (token endpoint /token, products /v2/product-list)", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+        return EXIT_OK
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+DEMO_CLIENT_ID, DEMO_CLIENT_SECRET = "sandbox-client", "sandbox-secret"
+
+
+def demo_env(sandbox_port: int, port: int, admin_port: int) -> dict[str, str]:
+    base = f"http://127.0.0.1:{sandbox_port}"
+    return {
+        **os.environ,
+        "PROXY_LISTEN": f"127.0.0.1:{port}",
+        "PROXY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
+        "TOKOPEDIA_BASE_URL": base,
+        "TOKOPEDIA_TOKEN_URL": f"{base}/token",
+        "TOKOPEDIA_CLIENT_ID": DEMO_CLIENT_ID,
+        "TOKOPEDIA_CLIENT_SECRET": DEMO_CLIENT_SECRET,
+        "REDIS_URL": "",
+    }
+
+
+def demo_curls(port: int, admin_port: int) -> str:
+    url = f"http://127.0.0.1:{port}/v1/products"
+    h = "-H 'Content-Type: application/json' -H 'X-Client-Id: demo-app'"
+    return "\n".join(
+        [
+            "partner-proxy demo is running. Try:",
+            "",
+            "  # the product list, through the sidecar",
+            f"  curl -s {h} {url}",
+            "  # one product",
+            f"  curl -s {h} '{url}?product_code=25k-xl'",
+            "  # a mapped partner error (S03 -> ProductClosedException), in Indonesian",
+            f"  curl -s {h} -H 'Accept-Language: id' '{url}?product_code=error-S03'",
+            "  # an unknown product (P04 -> ForbiddenException)",
+            f"  curl -s {h} '{url}?product_code=not-exists'",
+            "  # a request the sidecar itself refuses (415, no JSON content type)",
+            f"  curl -s -H 'X-Client-Id: demo-app' {url}",
+            "  # metrics",
+            f"  curl -s http://127.0.0.1:{admin_port}/metrics | grep partner_proxy_requests_total",
+            "",
+            "Ctrl-C stops both.",
+        ]
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.sandbox import SandboxSettings, run_sandbox
+    from proxy.server import Server
+
+    if not Path(args.config).exists():
+        print(f"{args.config} not found: run demo from the repository root, or pass --config/--errors", file=sys.stderr)
+        return EXIT_USAGE
+    env = demo_env(args.sandbox_port, args.port, args.admin_port)
+    try:
+        loaded = load_config(args.config, args.errors, env=env)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_INVALID
+    _setup_logging("warning")
+
+    async def main() -> int:
+        sandbox = await run_sandbox("127.0.0.1", args.sandbox_port, SandboxSettings(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET))
+        try:
+            server = Server(loaded)
+            return await server.run(args.config, args.errors, on_ready=lambda: print(demo_curls(args.port, args.admin_port), flush=True))
+        finally:
+            await sandbox.cleanup()
+
+    return asyncio.run(main())
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(args.config, args.errors, strict_env=False)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_INVALID
+    table = loaded.errors.get(args.partner)
+    if table is None:
+        print(f"no error table {args.partner!r} in {args.errors}; tables: {', '.join(loaded.errors)}", file=sys.stderr)
+        return EXIT_USAGE
+    what = args.code.strip()
+    if what.isdigit():
+        code, status = None, int(what)
+    else:
+        code, status = what, args.status
+    match = table.match(code, status)
+    rule = match.rule
+    error = table.error_for(match, code, status)
+    where = "the table default" if rule.is_default else f"{args.errors}:{rule.line} (matched by {match.by})"
+    print(f"partner answer: HTTP {status}" + (f", code {code}" if code else ", no code"))
+    print(f"rule: {where}")
+    actions = [a for a, on in (("invalidate the token", rule.invalidate_token), ("retry once with a fresh token", rule.retry), ("notify", rule.notify)) if on]
+    print(f"actions: {', '.join(actions) if actions else 'none'}")
+    if match.by == "default":
+        print("counted as unmapped (partner_proxy_partner_unmapped_errors_total)")
+    for lang in sorted(table.languages()):
+        body = {"error": {"type": error.type, "code": error.code, "message": error.message(lang), "partner_code": code, "request_id": "<X-Request-Id>"}}
+        print(f"\napp gets HTTP {error.status} (Accept-Language: {lang}):\n{json.dumps(body, indent=2, ensure_ascii=False)}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="partner-proxy", description="Envoy-style sidecar for partner APIs (Tokopedia B2B first).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the sidecar", description="Run the sidecar: data listener + admin listener.")
+    _config_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate the config files without binding a port", description="Validate routes.yaml and errors.yaml. Exit 0 when valid; otherwise print file:line: problem and exit 1.")
+    _config_args(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("sandbox", help="run the sandbox partner alone", description="Run the stand-in partner (token endpoint, product list, fault injection).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9090)
+    p.add_argument("--client-id", default=DEMO_CLIENT_ID)
+    p.add_argument("--client-secret", default=DEMO_CLIENT_SECRET)
+    p.add_argument("--token-ttl", type=float, default=86400.0, help="expires_in of issued tokens, seconds")
+    p.set_defaults(func=cmd_sandbox)
+
+    p = sub.add_parser("demo", help="run the sandbox and the sidecar together and print curl commands", description="Sandbox partner + sidecar in one process, in-memory token cache.")
+    _config_args(p)
+    p.add_argument("--port", type=int, default=8080, help="sidecar data port")
+    p.add_argument("--admin-port", type=int, default=9901)
+    p.add_argument("--sandbox-port", type=int, default=9090)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("explain", help="show which errors.yaml rule a partner code or HTTP status hits", description="Show the errors.yaml rule a partner code (e.g. P08) or an HTTP status (e.g. 401) hits, and the exact answer the app gets.")
+    p.add_argument("code", help="partner code (P08, U02, X42) or HTTP status (401)")
+    p.add_argument("--partner", default="tokopedia", help="error table name (default: %(default)s)")
+    p.add_argument("--status", type=int, default=400, help="HTTP status the partner sent with the code (default: %(default)s)")
+    _config_args(p)
+    p.set_defaults(func=cmd_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

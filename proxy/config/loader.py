@@ -1,0 +1,535 @@
+"""Turn routes.yaml and errors.yaml into one compiled, frozen ``LoadedConfig`` or a list of problems.
+
+Every problem reads ``file:line: key.path: what is wrong; how to fix it``. The loader collects all
+of them before failing, so one ``check`` run shows everything an operator must fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from proxy.config.durations import parse_duration
+from proxy.config.errors_table import ErrorRule, ErrorTable, overlap_problems, parse_range
+from proxy.config.models import (
+    AdminConfig,
+    BreakerConfig,
+    ClusterConfig,
+    CredentialsConfig,
+    ListenAddress,
+    LogConfig,
+    NotificationsConfig,
+    ProxyConfig,
+    RequireConfig,
+    RetryConfig,
+    RouteConfig,
+    Secret,
+    SinkConfig,
+    TokenCacheConfig,
+    UpstreamRef,
+)
+from proxy.config.source import EnvResolver, LineDict, LineList, YamlError, load_yaml
+from proxy.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_ROUTES = Path("config/routes.yaml")
+DEFAULT_ERRORS = Path("config/errors.yaml")
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+RETRY_ON = ("connect_failure", "timeout", "5xx")
+BREAKER_FAILURES = ("connect_failure", "timeout", "5xx")
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    proxy: ProxyConfig
+    errors: Mapping[str, ErrorTable]
+    notes: tuple[str, ...] = ()          # non-fatal remarks (e.g. env vars that serve will need)
+    routes_path: str = ""
+    errors_path: str = ""
+
+
+@dataclass
+class _Ctx:
+    file: str
+    env: EnvResolver
+    problems: list[str] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict)  # cross-file references, for their line
+
+    def error(self, line: int, path: str, message: str) -> None:
+        self.problems.append(f"{self.file}:{line}: {path}: {message}" if path else f"{self.file}:{line}: {message}")
+
+
+class _Section:
+    """Reads one YAML mapping: typed getters, env expansion, and unknown-key detection."""
+
+    def __init__(self, ctx: _Ctx, data: Any, path: str, line: int) -> None:
+        self.ctx, self.path = ctx, path
+        if isinstance(data, LineDict):
+            self.data: LineDict = data
+            self.line = data.line or line
+        else:
+            self.data = LineDict()
+            self.data.line, self.data.key_lines = line, {}
+            self.line = line
+            if data is not None:
+                ctx.error(line, path, f"must be a mapping of keys, not {type(data).__name__}")
+        self.used: set[str] = set()
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def line_of(self, key: str) -> int:
+        return self.data.line_of(key)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if isinstance(value, str):
+            value = self.ctx.env.expand(value, f"{self.ctx.file}:{self.line_of(key)}: {self.key_path(key)}")
+        return value
+
+    def get(self, key: str, kind: Callable[[Any], T], default: T, what: str) -> T:
+        value = self.raw(key)
+        if key not in self.data or value is None:
+            return default
+        try:
+            return kind(value)
+        except (TypeError, ValueError) as exc:
+            self.ctx.error(self.line_of(key), self.key_path(key), f"{exc if str(exc) else value!r}; expected {what}")
+            return default
+
+    def string(self, key: str, default: str = "", *, required: bool = False) -> str:
+        if required and key not in self.data:
+            self.ctx.error(self.line, self.key_path(key), "is required; add it")
+        value = self.raw(key, default)
+        if value is None:
+            return default
+        if isinstance(value, (dict, list)):
+            self.ctx.error(self.line_of(key), self.key_path(key), "must be a string")
+            return default
+        return str(value)
+
+    def duration(self, key: str, default: float) -> float:
+        return self.get(key, parse_duration, default, "a duration such as 500ms, 30s or 10m")
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        def to_int(v: Any) -> int:
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise ValueError(f"{v!r} is not a whole number")
+            n = int(v)
+            if n < minimum:
+                raise ValueError(f"{n} is below the minimum {minimum}")
+            return n
+
+        return self.get(key, to_int, default, f"a whole number >= {minimum}")
+
+    def number(self, key: str, default: float) -> float:
+        def to_float(v: Any) -> float:
+            if isinstance(v, bool):
+                raise ValueError(f"{v!r} is not a number")
+            return float(v)
+
+        return self.get(key, to_float, default, "a number")
+
+    def boolean(self, key: str, default: bool) -> bool:
+        def to_bool(v: Any) -> bool:
+            if isinstance(v, bool):
+                return v
+            if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                return v.lower() in ("true", "yes", "1", "on")
+            raise ValueError(f"{v!r} is not true or false")
+
+        return self.get(key, to_bool, default, "true or false")
+
+    def string_list(self, key: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
+        value = self.raw(key)
+        if key not in self.data or value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            self.ctx.error(self.line_of(key), self.key_path(key), "must be a list, e.g. [a, b]")
+            return None
+        out = []
+        for i, item in enumerate(value):
+            line = value.line_of(i) if isinstance(value, LineList) else self.line_of(key)
+            if isinstance(item, (dict, list)) or item is None:
+                self.ctx.error(line, f"{self.key_path(key)}[{i}]", "must be a plain value")
+                continue
+            text = self.ctx.env.expand(str(item), f"{self.ctx.file}:{line}: {self.key_path(key)}")
+            if choices is not None and text not in choices:
+                self.ctx.error(line, f"{self.key_path(key)}[{i}]", f"{text!r} is not one of {', '.join(choices)}")
+                continue
+            out.append(text)
+        return tuple(out)
+
+    def section(self, key: str) -> _Section:
+        self.used.add(key)
+        return _Section(self.ctx, self.data.get(key), self.key_path(key), self.line_of(key))
+
+    def finish(self, known: tuple[str, ...] | None = None) -> None:
+        """Unknown keys are errors: a typo must not silently become a default."""
+        allowed = set(known) if known is not None else self.used
+        for key in self.data:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+                fix = f"did you mean {hint[0]!r}?" if hint else f"remove it (known keys: {', '.join(sorted(allowed)) or 'none'})"
+                self.ctx.error(self.line_of(key), self.key_path(key), f"unknown key; {fix}")
+
+
+def _listen(s: _Section, key: str, default: str) -> ListenAddress:
+    text = s.string(key, default) or default
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        s.ctx.error(s.line_of(key), s.key_path(key), f"{text!r} is not host:port; write e.g. 127.0.0.1:8080")
+        return ListenAddress("127.0.0.1", 8080)
+    return ListenAddress(host.strip("[]") or "0.0.0.0", int(port))
+
+
+def _url(s: _Section, key: str, default: str = "", *, required: bool = False) -> str:
+    value = s.string(key, default, required=required)
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            s.ctx.error(s.line_of(key), s.key_path(key), f"{value!r} is not an http(s) URL; write e.g. https://host/path")
+    return value
+
+
+def _credentials(ctx: _Ctx, name: str, s: _Section, strict_env: bool) -> CredentialsConfig:
+    ctype = s.string("type", "oauth2_client_credentials")
+    if ctype != "oauth2_client_credentials":
+        ctx.error(s.line_of("type"), s.key_path("type"), f"{ctype!r} is not supported; use oauth2_client_credentials")
+    cfg = CredentialsConfig(
+        name=name,
+        type=ctype,
+        token_url=_url(s, "token_url", required=True),
+        client_id=s.string("client_id", required=True),
+        client_secret=Secret(s.string("client_secret", required=True)),
+        refresh_before=s.duration("refresh_before", 600.0),
+        timeout=s.duration("timeout", 5.0),
+        scope=s.string("scope") or None,
+    )
+    s.finish()
+    return cfg
+
+
+def _cluster(ctx: _Ctx, name: str, s: _Section) -> ClusterConfig:
+    cb = s.section("circuit_breaker")
+    breaker = BreakerConfig(
+        fail_max=cb.integer("fail_max", 5, minimum=1),
+        reset_timeout=cb.duration("reset_timeout", 30.0),
+        half_open_max_calls=cb.integer("half_open_max_calls", 1, minimum=1),
+        failures=cb.string_list("failures", BREAKER_FAILURES) or BREAKER_FAILURES,
+    )
+    cb.finish()
+    rs = s.section("retry")
+    retry = RetryConfig(
+        attempts=rs.integer("attempts", 1, minimum=0),
+        on=rs.string_list("on", RETRY_ON) or ("connect_failure", "5xx"),
+        backoff_base=rs.duration("backoff_base", 0.025),
+        backoff_max=rs.duration("backoff_max", 0.25),
+        budget_ratio=rs.number("budget_ratio", 0.2),
+        budget_min_per_second=rs.number("budget_min_per_second", 3.0),
+    )
+    rs.finish()
+    base_url = _url(s, "base_url", required=True).rstrip("/")
+    cfg = ClusterConfig(
+        name=name,
+        base_url=base_url,
+        credentials=s.string("credentials") or None,
+        errors=s.string("errors", required=True),
+        timeout=s.duration("timeout", 10.0),
+        connect_timeout=s.duration("connect_timeout", 2.0),
+        max_connections=s.integer("max_connections", 100, minimum=1),
+        circuit_breaker=breaker,
+        retry=retry,
+        max_response_bytes=s.integer("max_response_bytes", 8 * 1024 * 1024, minimum=1024),
+    )
+    s.finish()
+    return cfg
+
+
+def _route(ctx: _Ctx, i: int, s: _Section) -> RouteConfig | None:
+    name = s.string("name", required=True) or f"route{i}"
+    m = s.section("match")
+    path = m.string("path", required=True)
+    if path and not path.startswith("/"):
+        ctx.error(m.line_of("path"), m.key_path("path"), f"{path!r} must start with /")
+    methods = tuple(x.upper() for x in (m.string_list("methods") or ("GET",)))
+    for meth in methods:
+        if meth not in HTTP_METHODS:
+            ctx.error(m.line_of("methods"), m.key_path("methods"), f"{meth!r} is not one of {', '.join(HTTP_METHODS)}")
+    m.finish()
+    rq = s.section("require")
+    require = RequireConfig(content_type=rq.string("content_type") or None, headers=rq.string_list("headers") or ())
+    rq.finish()
+    u = s.section("upstream")
+    upath = u.string("path", required=True)
+    if upath and not upath.startswith("/"):
+        ctx.error(u.line_of("path"), u.key_path("path"), f"{upath!r} must start with /")
+    upstream = UpstreamRef(cluster=u.string("cluster", required=True), path=upath, query=u.string_list("query") or ())
+    u.finish()
+    s.finish()
+    return RouteConfig(name=name, path=path, methods=methods, require=require, upstream=upstream)
+
+
+def _sink(s: _Section, url_key: str) -> SinkConfig:
+    cfg = SinkConfig(url=s.string(url_key), api_key=Secret(s.string("api_key")))
+    if cfg.url:
+        _url(s, url_key)
+    s.finish()
+    return cfg
+
+
+def _notifications(s: _Section) -> NotificationsConfig:
+    slack_s, dd_s, nr_s = s.section("slack"), s.section("datadog"), s.section("newrelic")
+    slack = SinkConfig(url=slack_s.string("webhook_url"))
+    if slack.url:
+        _url(slack_s, "webhook_url")
+    slack_s.finish()
+    datadog = _sink(dd_s, "api_url")
+    newrelic = _sink(nr_s, "api_url")
+    # A sink needs both parts where the API needs a key; half-configured means off.
+    if not datadog.api_key:
+        datadog = SinkConfig("")
+    if not newrelic.api_key:
+        newrelic = SinkConfig("")
+    cfg = NotificationsConfig(
+        dedup_window=s.duration("dedup_window", 60.0),
+        timeout=s.duration("timeout", 5.0),
+        queue_size=s.integer("queue_size", 1000, minimum=1),
+        token_failure_threshold=s.integer("token_failure_threshold", 3, minimum=1),
+        slack=slack,
+        datadog=datadog,
+        newrelic=newrelic,
+    )
+    s.finish()
+    return cfg
+
+
+def _log(s: _Section) -> LogConfig:
+    cfg = LogConfig(
+        level=s.string("level", "info").lower(),
+        capture_bodies=s.boolean("capture_bodies", False),
+        max_body_bytes=s.integer("max_body_bytes", 2048, minimum=0),
+        redact_fields=s.string_list("redact_fields") or (),
+    )
+    if cfg.level not in ("debug", "info", "warning", "error"):
+        s.ctx.error(s.line_of("level"), s.key_path("level"), f"{cfg.level!r} is not one of debug, info, warning, error")
+    s.finish()
+    return cfg
+
+
+def _named(ctx: _Ctx, top: _Section, key: str) -> list[tuple[str, _Section]]:
+    sec = top.section(key)
+    out = []
+    for name in sec.data:
+        sec.used.add(name)
+        out.append((name, sec.section(name)))
+    return out
+
+
+def _parse_routes(ctx: _Ctx, data: LineDict, strict_env: bool) -> ProxyConfig | None:
+    top = _Section(ctx, data, "", 1)
+    listen = _listen(top, "listen", "127.0.0.1:8080")
+    admin_s = top.section("admin")
+    admin = AdminConfig(listen=_listen(admin_s, "listen", "0.0.0.0:9901"))
+    admin_s.finish()
+    tc = top.section("token_cache")
+    redis_url = tc.string("redis_url")
+    if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        ctx.error(tc.line_of("redis_url"), tc.key_path("redis_url"), "must be a redis://, rediss:// or unix:// URL, or empty")
+    token_cache = TokenCacheConfig(
+        redis_url=Secret(redis_url),
+        key_prefix=tc.string("key_prefix", "partner-proxy:token:") or "partner-proxy:token:",
+        socket_timeout=tc.duration("socket_timeout", 0.25),
+        connect_timeout=tc.duration("connect_timeout", 0.25),
+        lock_ttl=tc.duration("lock_ttl", 10.0),
+        lock_wait=tc.duration("lock_wait", 5.0),
+    )
+    tc.finish()
+    credentials = {name: _credentials(ctx, name, s, strict_env) for name, s in _named(ctx, top, "credentials")}
+    cluster_secs = _named(ctx, top, "clusters")
+    clusters = {name: _cluster(ctx, name, s) for name, s in cluster_secs}
+    for (name, s) in cluster_secs:
+        ctx.lines[f"clusters.{name}.errors"] = s.line_of("errors")
+        cref = clusters[name].credentials
+        if cref is not None and cref not in credentials:
+            ctx.error(s.line_of("credentials"), s.key_path("credentials"), f"no credentials entry named {cref!r}; define credentials.{cref} or use one of: {', '.join(credentials) or 'none'}")
+    routes_raw = top.raw("routes")
+    routes: list[RouteConfig] = []
+    if not isinstance(routes_raw, list) or not routes_raw:
+        ctx.error(top.line_of("routes"), "routes", "must be a non-empty list of routes")
+    else:
+        seen: dict[str, int] = {}
+        paths: dict[str, int] = {}
+        for i, item in enumerate(routes_raw):
+            line = routes_raw.line_of(i) if isinstance(routes_raw, LineList) else top.line_of("routes")
+            rs = _Section(ctx, item, f"routes[{i}]", line)
+            route = _route(ctx, i, rs)
+            if route is None:
+                continue
+            if route.name in seen:
+                ctx.error(line, f"routes[{i}].name", f"{route.name!r} is already used by the route at line {seen[route.name]}; names must be unique")
+            seen[route.name] = line
+            if route.path in paths:
+                ctx.error(line, f"routes[{i}].match.path", f"{route.path} is already matched by the route at line {paths[route.path]}; give each path one route")
+            paths[route.path] = line
+            if route.upstream.cluster and route.upstream.cluster not in clusters:
+                ctx.error(rs.section("upstream").line_of("cluster"), f"routes[{i}].upstream.cluster", f"no cluster named {route.upstream.cluster!r}; define clusters.{route.upstream.cluster} or use one of: {', '.join(clusters) or 'none'}")
+            routes.append(route)
+    notifications = _notifications(top.section("notifications"))
+    log = _log(top.section("log"))
+    drain = top.duration("drain_timeout", 5.0)
+    top.finish()
+    return ProxyConfig(
+        listen=listen,
+        admin=admin,
+        token_cache=token_cache,
+        credentials=credentials,
+        clusters=clusters,
+        routes=tuple(routes),
+        notifications=notifications,
+        log=log,
+        drain_timeout=drain,
+    )
+
+
+def _messages(ctx: _Ctx, s: _Section, key: str, default_language: str) -> dict[str, str]:
+    msg = s.section(key)
+    out: dict[str, str] = {}
+    for lang in msg.data:
+        out[lang] = msg.string(lang)
+    if not out:
+        ctx.error(s.line_of(key) if s.has(key) else s.line, s.key_path(key), f"is required; add e.g. message: {{{default_language}: \"...\"}}")
+    elif default_language not in out:
+        ctx.error(s.line_of(key), s.key_path(key), f"has no {default_language!r} text (the table's default_language); add it")
+    return out
+
+
+def _rule(ctx: _Ctx, s: _Section, default_language: str, *, is_default: bool) -> ErrorRule:
+    exact: list[str] = []
+    ranges = []
+    codes = s.string_list("codes")
+    statuses: list[int] = []
+    if is_default:
+        if codes is not None or s.has("http_status"):
+            ctx.error(s.line, s.path, "the default matches everything; remove codes/http_status from it")
+    else:
+        for c in codes or ():
+            try:
+                r = parse_range(c)
+            except ValueError as exc:
+                ctx.error(s.line_of("codes"), s.key_path("codes"), str(exc))
+                continue
+            if r is None:
+                exact.append(c)
+            else:
+                ranges.append(r)
+        for st in s.string_list("http_status") or ():
+            if not st.isdigit() or not 100 <= int(st) <= 599:
+                ctx.error(s.line_of("http_status"), s.key_path("http_status"), f"{st!r} is not an HTTP status (100-599)")
+            else:
+                statuses.append(int(st))
+        if not exact and not ranges and not statuses:
+            ctx.error(s.line, s.path, "a rule needs codes: [...] or http_status: [...]; add one")
+    status = s.integer("status", 502, minimum=100)
+    if not 400 <= status <= 599:
+        ctx.error(s.line_of("status"), s.key_path("status"), f"{status} is not an error status; use 400-599")
+    rule = ErrorRule(
+        type=s.string("type", required=True),
+        code=s.string("code", required=True),
+        status=status,
+        messages=_messages(ctx, s, "message", default_language),
+        exact=tuple(exact),
+        ranges=tuple(ranges),
+        http_status=tuple(statuses),
+        invalidate_token=s.boolean("invalidate_token", False),
+        retry=s.boolean("retry", False),
+        notify=s.boolean("notify", False),
+        line=s.line,
+        is_default=is_default,
+    )
+    if rule.retry and not rule.invalidate_token:
+        ctx.error(s.line_of("retry"), s.key_path("retry"), "retry: true only applies with invalidate_token: true (a retry with a fresh token); add invalidate_token or remove retry")
+    s.finish()
+    return rule
+
+
+def _parse_errors(ctx: _Ctx, data: LineDict) -> dict[str, ErrorTable]:
+    tables: dict[str, ErrorTable] = {}
+    for name in data:
+        s = _Section(ctx, data[name], name, data.line_of(name))
+        lang = s.string("default_language", "en") or "en"
+        rules_raw = s.raw("rules")
+        rules: list[ErrorRule] = []
+        if rules_raw is not None and not isinstance(rules_raw, list):
+            ctx.error(s.line_of("rules"), s.key_path("rules"), "must be a list of rules")
+        for i, item in enumerate(rules_raw or ()):
+            line = rules_raw.line_of(i) if isinstance(rules_raw, LineList) else s.line_of("rules")
+            rules.append(_rule(ctx, _Section(ctx, item, f"{name}.rules[{i}]", line), lang, is_default=False))
+        if not s.has("default"):
+            ctx.error(s.line, f"{name}.default", "is required: the answer for unknown codes; add default: {type: PartnerError, code: PARTNER_ERROR, status: 502, message: {en: ...}}")
+        default = _rule(ctx, s.section("default"), lang, is_default=True)
+        for line, problem in overlap_problems(tuple(rules)):
+            ctx.error(line, f"{name}.rules", problem)
+        s.finish()
+        tables[name] = ErrorTable(name, lang, tuple(rules), default)
+    if not tables:
+        ctx.error(1, "", "no error table defined; add e.g. tokopedia: {rules: [...], default: {...}}")
+    return tables
+
+
+def load_config(
+    routes_path: str | os.PathLike[str] = DEFAULT_ROUTES,
+    errors_path: str | os.PathLike[str] = DEFAULT_ERRORS,
+    *,
+    env: Mapping[str, str] | None = None,
+    strict_env: bool = True,
+) -> LoadedConfig:
+    """Load, validate and compile both files. Raises ``ConfigError`` listing every problem.
+
+    ``strict_env=False`` (``check``) turns unset required variables into notes: CI and image builds
+    validate the shipped files without the production secrets.
+    """
+    resolver = EnvResolver(dict(os.environ) if env is None else dict(env))
+    problems: list[str] = []
+    proxy_cfg: ProxyConfig | None = None
+    tables: dict[str, ErrorTable] = {}
+    rctx = _Ctx(str(routes_path), resolver)
+    ectx = _Ctx(str(errors_path), resolver)
+    try:
+        proxy_cfg = _parse_routes(rctx, load_yaml(routes_path), strict_env)
+    except YamlError as exc:
+        problems.append(str(exc))
+    try:
+        tables = _parse_errors(ectx, load_yaml(errors_path))
+    except YamlError as exc:
+        problems.append(str(exc))
+    problems += rctx.problems + ectx.problems
+    if proxy_cfg is not None:
+        for cname, cluster in proxy_cfg.clusters.items():
+            if tables and cluster.errors and cluster.errors not in tables:
+                line = rctx.lines.get(f"clusters.{cname}.errors", 0)
+                problems.append(f"{routes_path}:{line}: clusters.{cname}.errors: no table {cluster.errors!r} in {errors_path}; add it there or use one of: {', '.join(tables)}")
+    for where, message in resolver.file_errors:
+        problems.append(f"{where}: {message}")
+    notes: list[str] = []
+    for var, where in resolver.missing:
+        text = f"{where}: environment variable {var} is not set (nor {var}_FILE); set it, or write ${{{var}:-default}}"
+        (problems if strict_env else notes).append(text)
+    if problems:
+        raise ConfigError(problems)
+    assert proxy_cfg is not None
+    return LoadedConfig(proxy_cfg, tables, tuple(notes), str(routes_path), str(errors_path))

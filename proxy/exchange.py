@@ -1,0 +1,56 @@
+"""The state of one downstream request as it walks the filter chain, and the partner's answer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+if TYPE_CHECKING:
+    from proxy.config.errors_table import ErrorRule
+    from proxy.errors import PartnerError
+    from proxy.routing import CompiledRoute
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """What the partner answered on the last attempt. ``error`` is set by the error-rewrite filter."""
+
+    status: int
+    content_type: str
+    body: bytes
+    partner_code: str | None = None
+    error: PartnerError | None = None
+    rule: ErrorRule | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status <= 202
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Per-request state. Filters read and annotate it; the listener logs and renders from it."""
+
+    request: web.Request
+    route: CompiledRoute
+    request_id: str
+    language: str
+    traceparent: str                      # the one sent upstream (same trace id, new span id)
+    started: float
+    upstream_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    upstream_query: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""                     # downstream body, forwarded for methods that carry one
+    token_source: str | None = None       # memory | redis | fetch
+    attempts: int = 0
+    partner_status: int | None = None
+    partner_code: str | None = None
+    error_type: str | None = None
+    breaker_state: str | None = None
+    token_retried: bool = False
+
+
+Next = Callable[[Exchange], Awaitable[UpstreamResponse]]

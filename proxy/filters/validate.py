@@ -1,0 +1,31 @@
+"""Request validation, in the contract's order: method (405 + Allow), Content-Type (415), headers (400)."""
+
+from __future__ import annotations
+
+from proxy.config.models import RequireConfig
+from proxy.errors import MethodNotAllowed, MissingHeader, UnsupportedMediaType
+from proxy.exchange import Exchange, Next, UpstreamResponse
+
+
+class ValidateRequest:
+    def __init__(self, methods: tuple[str, ...], require: RequireConfig) -> None:
+        # HEAD is not implied by GET here: the partner list is not a cheap HEAD target.
+        self.methods = frozenset(methods)
+        self.allow = tuple(methods)
+        self.content_type = require.content_type.lower() if require.content_type else None
+        self.headers = require.headers
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+        request = ex.request
+        if request.method not in self.methods:
+            raise MethodNotAllowed(self.allow)
+        if self.content_type is not None:
+            # "application/json; charset=utf-8" is fine: compare the media type only
+            raw = request.headers.get("Content-Type", "")
+            if raw.split(";", 1)[0].strip().lower() != self.content_type:
+                raise UnsupportedMediaType(f"content type {raw[:64]!r}")
+        headers = request.headers
+        for name in self.headers:
+            if not headers.get(name, "").strip():
+                raise MissingHeader(name)
+        return await next(ex)

@@ -1,0 +1,149 @@
+"""The data listener's handler: route lookup, exchange setup, the chain, rendering, metrics, the log.
+
+Everything that depends on config is read from the current ``Runtime``, taken once per request:
+a reload that swaps the runtime mid-request does not change the request's config.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.commlog import CommunicationLog
+from proxy.errors import ProxyError, RouteNotFound, TokenUnavailable
+from proxy.exchange import Exchange, UpstreamResponse
+from proxy.metrics import Metrics
+from proxy.reply import error_response
+from proxy.routing import CompiledRoute
+from proxy.runtime import Runtime
+from proxy.tracing import child_traceparent, pick_language, request_id_from
+
+log = logging.getLogger("proxy.listener")
+
+# Never forwarded: the app's own credentials and cookies, Host, hop-by-hop headers (RFC 9110 7.6.1),
+# framing (re-done by the client), and the tracing headers we set ourselves.
+DROP_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Authorization", "Cookie", "Host", "Connection", "Keep-Alive", "Proxy-Authenticate",
+        "Proxy-Authorization", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+        "Content-Length", "Expect", "Accept-Encoding", "X-Request-Id", "traceparent", "tracestate",
+    )
+)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class Listener:
+    def __init__(self, runtime: Callable[[], Runtime], metrics: Metrics, commlog: CommunicationLog) -> None:
+        self._runtime = runtime
+        self._metrics = metrics
+        self._commlog = commlog
+        self._request_counters: dict[tuple[str, int], object] = {}
+        self._durations: dict[str, object] = {}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        runtime = self._runtime()
+        headers = request.headers
+        request_id = request_id_from(headers.get("X-Request-Id"))
+        route = runtime.routes.match(request.path)
+        if route is None:
+            table = next(iter(runtime.loaded.errors.values()))
+            language = pick_language(headers.get("Accept-Language"), frozenset(table.languages()), table.default_language)
+            response = error_response(RouteNotFound(request.path[:64]), language, request_id)
+            self._count("unmatched", response.status, started)
+            return response
+        language = pick_language(headers.get("Accept-Language"), route.languages, route.table.default_language)
+        ex = Exchange(
+            request=request,
+            route=route,
+            request_id=request_id,
+            language=language,
+            traceparent=child_traceparent(headers.get("traceparent")),
+            started=started,
+        )
+        self._prepare_upstream(ex, route)
+        try:
+            if request.method in _BODY_METHODS and request.body_exists:
+                ex.body = await request.read()
+            upstream = await route.chain(ex)
+        except ProxyError as exc:
+            response = self._error(ex, exc)
+        except Exception:  # a bug must still answer in the envelope, never a traceback
+            log.exception("unhandled error on route %s (request %s)", route.name, request_id)
+            response = self._error(ex, ProxyError("unhandled"))
+        else:
+            response = self._answer(ex, upstream)
+        self._count(route.name, response.status, started)
+        if ex.attempts:
+            self._log(ex, response.status)
+        return response
+
+    def _prepare_upstream(self, ex: Exchange, route: CompiledRoute) -> None:
+        request = ex.request
+        upstream = CIMultiDict[str]()
+        for name, value in request.headers.items():
+            if name.lower() not in DROP_HEADERS:
+                upstream.add(name, value)
+        upstream["X-Request-Id"] = ex.request_id
+        upstream["traceparent"] = ex.traceparent
+        ex.upstream_headers = upstream
+        if route.query:
+            query = request.rel_url.query
+            ex.upstream_query = {name: query[name] for name in route.query if name in query}
+
+    def _answer(self, ex: Exchange, upstream: UpstreamResponse) -> web.Response:
+        if upstream.error is not None:
+            return self._error(ex, upstream.error)
+        headers = {"X-Request-Id": ex.request_id}
+        if upstream.content_type:
+            headers["Content-Type"] = upstream.content_type
+        return web.Response(status=upstream.status, body=upstream.body, headers=headers)
+
+    def _error(self, ex: Exchange, error: ProxyError) -> web.Response:
+        if ex.error_type is None:
+            ex.error_type = error.type
+        if isinstance(error, TokenUnavailable):
+            ex.token_source = ex.token_source or "none"
+        return error_response(error, ex.language, ex.request_id)
+
+    def _count(self, route: str, status: int, started: float) -> None:
+        key = (route, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._metrics.requests.labels(route, str(status))
+            self._request_counters[key] = counter
+        counter.inc()  # type: ignore[attr-defined]
+        hist = self._durations.get(route)
+        if hist is None:
+            hist = self._metrics.request_duration.labels(route)
+            self._durations[route] = hist
+        hist.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
+
+    def _log(self, ex: Exchange, status: int) -> None:
+        request = ex.request
+        self._commlog.write(
+            "partner_call",
+            {
+                "request_id": ex.request_id,
+                "traceparent": ex.traceparent,
+                "route": ex.route.name,
+                "client_id": request.headers.get("X-Client-Id"),
+                "cluster": ex.route.cluster,
+                "method": request.method,
+                "upstream_path": ex.route.upstream_path,
+                "attempts": ex.attempts,
+                "status": status,
+                "partner_status": ex.partner_status,
+                "partner_code": ex.partner_code,
+                "error_type": ex.error_type,
+                "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
+                "token_source": ex.token_source,
+                "token_retried": ex.token_retried,
+                "breaker_state": ex.breaker_state,
+            },
+        )

@@ -1,0 +1,78 @@
+"""Every Prometheus collector of the sidecar, on a registry passed in by app assembly.
+
+Names and labels of the ``partner_proxy_*`` series listed in DESIGN.md section 2 are a contract:
+alerts and dashboards use them. Label values come from config (route, cluster, provider names) or
+from a closed set (status codes, states, results), never from request input.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets for a sidecar: most answers are milliseconds, the partner timeout is ~10 s.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,15}$")
+
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+def code_label(partner_code: str | None) -> str:
+    """A partner code becomes a label only when it looks like one; anything else is ``other``."""
+    if partner_code is None:
+        return "none"
+    return partner_code if _CODE_RE.match(partner_code) else "other"
+
+
+class Metrics:
+    """All collectors, built once per app on its own registry (tests build a fresh one each time)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        p = "partner_proxy_"
+        self.requests = Counter(p + "requests", "Requests answered to the app", ["route", "status"], registry=r)
+        self.request_duration = Histogram(
+            p + "request_duration_seconds", "Time to answer the app", ["route"], buckets=_BUCKETS, registry=r
+        )
+        self.upstream_duration = Histogram(
+            p + "upstream_request_duration_seconds",
+            "Time of each partner attempt",
+            ["cluster", "status"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            p + "circuit_breaker_state", "1 for the current breaker state, 0 for the others", ["cluster", "state"], registry=r
+        )
+        self.breaker_transitions = Counter(
+            p + "circuit_breaker_transitions", "Breaker state changes", ["cluster", "from", "to"], registry=r
+        )
+        self.token_fetches = Counter(
+            p + "token_fetches", "Calls to the token endpoint by result", ["provider", "result"], registry=r
+        )
+        self.token_lookups = Counter(
+            p + "token_cache_lookups", "Where a token lookup was answered", ["provider", "layer"], registry=r
+        )
+        self.token_expiry = Gauge(
+            p + "token_expires_in_seconds", "Seconds until the current in-process token expires", ["provider"], registry=r
+        )
+        self.redis_errors = Counter(p + "redis_errors", "Redis operations that failed", ["op"], registry=r)
+        self.partner_errors = Counter(
+            p + "partner_errors", "Partner error answers by code and mapped type", ["cluster", "partner_code", "type"], registry=r
+        )
+        self.unmapped = Counter(
+            p + "partner_unmapped_errors", "Partner errors that hit only the table default", ["cluster"], registry=r
+        )
+        self.retries = Counter(p + "upstream_retries", "Extra partner attempts", ["cluster", "reason"], registry=r)
+        self.overflow = Counter(
+            p + "upstream_overflow", "Requests refused because max_connections was reached", ["cluster"], registry=r
+        )
+        self.config_reloads = Counter(p + "config_reloads", "Config reloads by result", ["result"], registry=r)
+        self.notifications = Counter(p + "notifications", "Notifications by sink and result", ["sink", "result"], registry=r)
+
+    def set_breaker_state(self, cluster: str, state: str) -> None:
+        for s in BREAKER_STATES:
+            self.breaker_state.labels(cluster, s).set(1 if s == state else 0)

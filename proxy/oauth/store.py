@@ -1,0 +1,247 @@
+"""The shared token cache in Redis, plus the cross-replica fetch lock.
+
+Redis is an optimisation here, never a dependency: every method catches every Redis failure
+(connection refused, timeout, protocol error, OS error), counts it in
+``partner_proxy_redis_errors_total{op}`` and answers as if the key were absent. The client is built
+with short socket timeouts and no retry on timeouts, so a slow Redis costs a request at most a few
+hundred milliseconds; redis-py reconnects per command, so nothing here has to notice Redis coming
+back.
+
+Layout (prefix from ``TokenCacheConfig.key_prefix``)::
+
+    <prefix><provider>        {"access_token": ..., "expires_at": <epoch s>, "issued_at": <epoch s>}  PX = ms to expiry
+    <prefix><provider>:lock   <owner uuid>  NX PX lock_ttl
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from typing import Final, Literal, NamedTuple
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from proxy.config.models import TokenCacheConfig
+from proxy.metrics import Metrics
+from proxy.oauth.token import Grant
+
+# Token lookups are short and mostly served from process memory; a handful of connections covers
+# the lookups, the lock and the pollers. When all are busy a caller waits at most the connect
+# timeout for one, then treats Redis as unavailable.
+POOL_SIZE: Final = 8
+
+# Every way a Redis call can fail. redis' TimeoutError/ConnectionError are RedisErrors; the
+# builtin TimeoutError (asyncio's, in 3.11) is an OSError.
+_REDIS_FAILURES: Final = (RedisError, OSError)
+
+# Write only if nothing newer is stored: two replicas finishing fetches in either order, or a slow
+# fetch finishing late, must not replace a later token with an earlier one.
+_SET_IF_NEWER: Final = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and type(doc) == 'table' then
+    local exp = tonumber(doc['expires_at'])
+    if exp and exp >= tonumber(ARGV[2]) then
+      return 0
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
+
+# Delete the token only if it is the rejected one; otherwise hand back what is there (another
+# replica's newer token), atomically, so a late 401 never throws away a newer token.
+_DISCARD_IF_EQUAL: Final = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  return false
+end
+local ok, doc = pcall(cjson.decode, cur)
+if ok and type(doc) == 'table' and doc['access_token'] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+return cur
+"""
+
+# Release the fetch lock only if we still own it (it may have expired and been taken by another).
+_RELEASE_IF_OWNER: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Read(NamedTuple):
+    """A lookup result: the stored grant (or None), and whether Redis answered at all."""
+
+    grant: Grant | None
+    ok: bool
+
+
+class Lock(NamedTuple):
+    """Outcome of a lock attempt: ``acquired`` (``owner`` releases it), ``busy`` or ``unavailable``."""
+
+    status: Literal["acquired", "busy", "unavailable"]
+    owner: str = ""
+
+
+class RedisTokenStore:
+    """Token cache and fetch lock for all providers, on one small redis.asyncio pool."""
+
+    def __init__(self, client: aioredis.Redis, config: TokenCacheConfig, metrics: Metrics) -> None:
+        self._redis = client
+        self._prefix = config.key_prefix
+        self._lock_ttl_ms = max(1, int(config.lock_ttl * 1000))
+        self.lock_wait: float = config.lock_wait  # how long a replica polls for another's fetch
+        self._errors = {
+            op: metrics.redis_errors.labels(op) for op in ("get", "set", "delete", "lock", "unlock")
+        }
+        self._set_if_newer = client.register_script(_SET_IF_NEWER)
+        self._discard_if_equal = client.register_script(_DISCARD_IF_EQUAL)
+        self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
+        self._log = logging.getLogger("proxy.oauth")
+        self._failing = False  # only to log transitions, not every failed command
+
+    @classmethod
+    def from_config(cls, config: TokenCacheConfig, metrics: Metrics) -> RedisTokenStore | None:
+        """A store for ``config.redis_url``, or None when it is empty (in-process cache only).
+
+        No I/O happens here: the first command connects. Timeouts are explicit because redis-py
+        waits forever (or 5 s) by default; timeouts are never retried (one slow Redis must not
+        double a request's wait) but one immediate retry on a dropped connection is allowed, which
+        hides a stale pooled connection after a Redis restart.
+        """
+        url = config.redis_url.reveal()
+        if not url:
+            return None
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=config.connect_timeout,
+            socket_timeout=config.socket_timeout,
+            socket_connect_timeout=config.connect_timeout,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        return cls(aioredis.Redis.from_pool(pool), config, metrics)
+
+    def __repr__(self) -> str:
+        return f"RedisTokenStore(prefix={self._prefix!r})"  # the URL may hold a password
+
+    async def close(self) -> None:
+        """Close the pool's connections. Call once at shutdown, after the providers are closed."""
+        try:
+            await self._redis.aclose()
+        except _REDIS_FAILURES:
+            pass
+
+    def _key(self, provider: str) -> str:
+        return self._prefix + provider
+
+    # --- token -----------------------------------------------------------------------------------
+
+    async def get(self, provider: str, now: float) -> Read:
+        """The stored token for ``provider``; a missing, garbled or failed read is ``grant=None``."""
+        try:
+            raw = await self._redis.get(self._key(provider))
+        except _REDIS_FAILURES as exc:
+            self._failed("get", exc)
+            return Read(None, ok=False)
+        self._ok()
+        return Read(_decode(raw, now), ok=True)
+
+    async def set(self, provider: str, grant: Grant, now: float) -> None:
+        """Store ``grant`` with a TTL of its remaining life, unless Redis already has a later one."""
+        ttl_ms = math.ceil((grant.expires_at - now) * 1000)
+        if ttl_ms <= 0:
+            return
+        doc = json.dumps(
+            {"access_token": grant.value, "expires_at": grant.expires_at, "issued_at": grant.issued_at}
+        )
+        try:
+            await self._set_if_newer(keys=[self._key(provider)], args=[doc, repr(grant.expires_at), ttl_ms])
+        except _REDIS_FAILURES as exc:
+            self._failed("set", exc)
+            return
+        self._ok()
+
+    async def discard(self, provider: str, rejected: str, now: float) -> Read:
+        """Compare-and-delete: drop the stored token only if it is ``rejected``.
+
+        Returns what stays stored (a different token another replica put there), if anything.
+        """
+        try:
+            raw = await self._discard_if_equal(keys=[self._key(provider)], args=[rejected])
+        except _REDIS_FAILURES as exc:
+            self._failed("delete", exc)
+            return Read(None, ok=False)
+        self._ok()
+        return Read(_decode(raw, now), ok=True)
+
+    # --- cross-replica fetch lock ----------------------------------------------------------------
+
+    async def acquire_lock(self, provider: str) -> Lock:
+        """``SET <key>:lock <uuid> NX PX lock_ttl``: one replica fetches, the others wait for its token."""
+        owner = uuid.uuid4().hex
+        try:
+            got = await self._redis.set(self._key(provider) + ":lock", owner, nx=True, px=self._lock_ttl_ms)
+        except _REDIS_FAILURES as exc:
+            self._failed("lock", exc)
+            return Lock("unavailable")
+        self._ok()
+        return Lock("acquired", owner) if got else Lock("busy")
+
+    async def release_lock(self, provider: str, owner: str) -> None:
+        """Delete the lock if we still own it; if this fails the lock expires by itself."""
+        try:
+            await self._release_if_owner(keys=[self._key(provider) + ":lock"], args=[owner])
+        except _REDIS_FAILURES as exc:
+            self._failed("unlock", exc)
+            return
+        self._ok()
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self._errors[op].inc()
+        if not self._failing:
+            self._failing = True
+            # The exception type only: redis error text can echo the URL (and its password).
+            self._log.warning("redis unavailable for token cache (%s on %s); using process memory", type(exc).__name__, op)
+
+    def _ok(self) -> None:
+        if self._failing:
+            self._failing = False
+            self._log.info("redis token cache reachable again")
+
+
+def _decode(raw: object, now: float) -> Grant | None:
+    """Parse a stored token; anything malformed is a miss (it will be overwritten by the next set)."""
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    value = doc.get("access_token")
+    expires_at = doc.get("expires_at")
+    issued_at = doc.get("issued_at", now)
+    if not isinstance(value, str) or not value:
+        return None
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
+        return None
+    if isinstance(issued_at, bool) or not isinstance(issued_at, (int, float)) or issued_at > expires_at:
+        issued_at = min(now, float(expires_at))
+    return Grant(value=value, issued_at=float(issued_at), expires_at=float(expires_at))

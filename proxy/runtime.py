@@ -1,0 +1,152 @@
+"""A compiled config ready to serve (``Runtime``) and the long-lived resources it uses (``Resources``).
+
+A reload builds a whole new Runtime and the listener swaps it in with one assignment; requests in
+flight finish on the Runtime they started with. Clusters (connection pools, breakers) and token
+providers whose config did not change are reused, so a reload keeps the token cache and breaker
+state of everything it did not touch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from proxy.chain import build_chain
+from proxy.config import LoadedConfig
+from proxy.config.models import ClusterConfig, CredentialsConfig, TokenCacheConfig
+from proxy.filters import Filter
+from proxy.filters.credentials import InjectCredentials
+from proxy.filters.error_rewrite import RewriteErrors
+from proxy.filters.validate import ValidateRequest
+from proxy.metrics import Metrics
+from proxy.oauth import RedisTokenStore, TokenProvider
+from proxy.routing import CompiledRoute, RouteTable
+from proxy.upstream.breaker import BreakerGuard
+from proxy.upstream.cluster import Cluster
+from proxy.upstream.forwarder import Forwarder
+
+log = logging.getLogger("proxy.runtime")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    loaded: LoadedConfig
+    routes: RouteTable
+    clusters: dict[str, Cluster]
+    providers: dict[str, TokenProvider]
+
+
+@dataclass
+class Hooks:
+    """Callbacks into notifications; no-ops until the notifier is wired."""
+
+    breaker_opened: Callable[[str], None] = lambda cluster: None
+    token_fetch_failed: Callable[[str, str, int], None] = lambda provider, reason, n: None
+
+
+class Resources:
+    """Owns every session, pool, breaker and provider; ``close()`` releases them all."""
+
+    def __init__(self, metrics: Metrics, hooks: Hooks | None = None) -> None:
+        self.metrics = metrics
+        self.hooks = hooks or Hooks()
+        self._clusters: dict[str, tuple[ClusterConfig, Cluster]] = {}
+        self._providers: dict[str, tuple[tuple[CredentialsConfig, TokenCacheConfig], TokenProvider]] = {}
+        self._stores: dict[TokenCacheConfig, RedisTokenStore | None] = {}
+        self._token_session: aiohttp.ClientSession | None = None
+        self._retired: list[Cluster | TokenProvider] = []
+
+    @property
+    def token_session(self) -> aiohttp.ClientSession:
+        # Token fetches go on their own session: never through the partner chain or its pool cap.
+        if self._token_session is None:
+            self._token_session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(), connector=aiohttp.TCPConnector(limit=10)
+            )
+        return self._token_session
+
+    def _store(self, config: TokenCacheConfig) -> RedisTokenStore | None:
+        if config not in self._stores:
+            self._stores[config] = RedisTokenStore.from_config(config, self.metrics)
+        return self._stores[config]
+
+    def cluster(self, config: ClusterConfig) -> Cluster:
+        known = self._clusters.get(config.name)
+        if known is not None and known[0] == config:
+            return known[1]
+        if known is not None:
+            self._retired.append(known[1])
+        breaker = BreakerGuard(config.name, config.circuit_breaker, self.metrics, self.hooks.breaker_opened)
+        cluster = Cluster(config, self.metrics, breaker)
+        self._clusters[config.name] = (config, cluster)
+        return cluster
+
+    def provider(self, config: CredentialsConfig, cache: TokenCacheConfig) -> TokenProvider:
+        key = (config, cache)
+        known = self._providers.get(config.name)
+        if known is not None and known[0] == key:
+            return known[1]
+        if known is not None:
+            self._retired.append(known[1])
+        provider = TokenProvider(
+            config,
+            session=self.token_session,
+            store=self._store(cache),
+            metrics=self.metrics,
+            on_fetch_failure=self.hooks.token_fetch_failed,
+        )
+        self._providers[config.name] = (key, provider)
+        return provider
+
+    def build(self, loaded: LoadedConfig) -> Runtime:
+        cfg = loaded.proxy
+        clusters = {name: self.cluster(c) for name, c in cfg.clusters.items()}
+        providers = {
+            name: self.provider(c, cfg.token_cache)
+            for name, c in cfg.credentials.items()
+            if any(cl.credentials == name for cl in cfg.clusters.values())
+        }
+        routes = []
+        for r in cfg.routes:
+            cluster = clusters[r.upstream.cluster]
+            table = loaded.errors[cluster.config.errors]
+            filters: list[Filter] = [ValidateRequest(r.methods, r.require)]
+            if cluster.config.credentials:
+                filters.append(InjectCredentials(providers[cluster.config.credentials]))
+            filters.append(RewriteErrors(cluster.name, table, self.metrics))
+            url = URL(cluster.config.base_url + r.upstream.path, encoded=False)
+            chain = build_chain(filters, Forwarder(cluster, url))
+            routes.append(
+                CompiledRoute(
+                    name=r.name,
+                    path=r.path,
+                    cluster=cluster.name,
+                    upstream_path=r.upstream.path,
+                    query=r.upstream.query,
+                    table=table,
+                    languages=frozenset(table.languages()),
+                    chain=chain,
+                )
+            )
+        return Runtime(loaded, RouteTable(routes), clusters, providers)
+
+    async def close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for item in retired:
+            await item.close()
+
+    async def close(self) -> None:
+        await self.close_retired()
+        for _, cluster in self._clusters.values():
+            await cluster.close()
+        for _, provider in self._providers.values():
+            await provider.close()
+        for store in self._stores.values():
+            if store is not None:
+                await store.close()
+        if self._token_session is not None:
+            await self._token_session.close()

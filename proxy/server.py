@@ -1,0 +1,119 @@
+"""Run the sidecar: both listeners, config watching, SIGHUP reload and a graceful SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy.admin import build_admin_app
+from proxy.app import build_data_app, build_state
+from proxy.config import LoadedConfig
+from proxy.state import ProxyState
+
+log = logging.getLogger("proxy.server")
+
+WATCH_INTERVAL = 1.0  # the contract: a file change is picked up within 2 s
+
+
+def _fingerprint(path: str) -> tuple[float, int, str] | None:
+    """mtime, size and real path: a Kubernetes ConfigMap update swaps a symlink, not the file."""
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size, real)
+
+
+async def watch_files(state: ProxyState, routes_path: str, errors_path: str, stop: asyncio.Event) -> None:
+    """Poll both files (no inotify dependency; 2 stats a second cost nothing) and reload on change."""
+    last = (await asyncio.to_thread(_fingerprint, routes_path), await asyncio.to_thread(_fingerprint, errors_path))
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), WATCH_INTERVAL)
+        if stop.is_set():
+            return
+        now = (await asyncio.to_thread(_fingerprint, routes_path), await asyncio.to_thread(_fingerprint, errors_path))
+        if now != last:
+            last = now
+            await state.reload(routes_path, errors_path)
+
+
+class Server:
+    def __init__(self, loaded: LoadedConfig, *, reuse_port: bool = False) -> None:
+        self.loaded = loaded
+        self.state = build_state(loaded)
+        self.reuse_port = reuse_port
+        self.stop = asyncio.Event()
+        self.data_runner: web.AppRunner | None = None
+        self.admin_runner: web.AppRunner | None = None
+        self._signals = 0
+
+    async def start(self) -> None:
+        cfg = self.loaded.proxy
+        self.data_runner = web.AppRunner(
+            build_data_app(self.state), access_log=None, handle_signals=False, shutdown_timeout=max(cfg.drain_timeout, 1.0)
+        )
+        await self.data_runner.setup()
+        await web.TCPSite(self.data_runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port or None).start()
+        self.state.data_up = True
+        self.admin_runner = web.AppRunner(build_admin_app(self.state), access_log=None, handle_signals=False)
+        await self.admin_runner.setup()
+        await web.TCPSite(self.admin_runner, cfg.admin.listen.host, cfg.admin.listen.port, reuse_port=self.reuse_port or None).start()
+        self.state.admin_up = True
+        log.info("listening: data %s, admin %s", cfg.listen, cfg.admin.listen)
+
+    def on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: ending the drain now")
+            self.stop.set()
+            return
+        log.info("signal %s: draining for %.1fs (readyz is 503 now)", signal.Signals(signum).name, self.loaded.proxy.drain_timeout)
+        self.state.draining = True
+        asyncio.get_running_loop().call_later(self.loaded.proxy.drain_timeout, self.stop.set)
+
+    async def run(self, routes_path: str, errors_path: str, *, on_ready: Callable[[], None] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        reload_tasks: set[asyncio.Task[bool]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.state.reload(routes_path, errors_path))
+            reload_tasks.add(task)
+            task.add_done_callback(reload_tasks.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        watcher = loop.create_task(watch_files(self.state, routes_path, errors_path, self.stop))
+        if on_ready:
+            on_ready()
+        try:
+            await self.stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self.close()
+        return 0
+
+    async def close(self) -> None:
+        # The data runner's cleanup stops accepting, then waits for in-flight requests to finish.
+        if self.data_runner is not None:
+            await self.data_runner.cleanup()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+
+
+def config_paths(routes: str | os.PathLike[str], errors: str | os.PathLike[str]) -> tuple[str, str]:
+    return str(Path(routes)), str(Path(errors))

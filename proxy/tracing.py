@@ -1,0 +1,70 @@
+"""Request ids, W3C trace context and language negotiation: small, pure and cheap.
+
+Every value taken from a request header is validated here before it is echoed or logged, so a
+header cannot smuggle CR/LF into a response or a log record.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_LANG_RE = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$|^\*$")
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+def request_id_from(header: str | None) -> str:
+    """Keep a sane incoming ``X-Request-Id``; anything else is replaced, not echoed."""
+    if header and _REQUEST_ID_RE.match(header):
+        return header
+    return new_request_id()
+
+
+def child_traceparent(header: str | None) -> str:
+    """The traceparent for the upstream call: keep the trace id and flags, mint a new span id.
+
+    An absent or invalid header (bad shape, all-zero ids, version ff) starts a new sampled trace.
+    """
+    if header:
+        m = _TRACEPARENT_RE.match(header.strip().lower())
+        if m:
+            version, trace_id, parent_id, flags = m.groups()
+            if version != "ff" and trace_id != "0" * 32 and parent_id != "0" * 16:
+                return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}"
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def pick_language(header: str | None, available: frozenset[str], default: str) -> str:
+    """RFC 9110 Accept-Language with q-values; ``id-ID,id;q=0.9,en;q=0.8`` gives ``id``."""
+    if not header:
+        return default
+    best, best_q = default, 0.0
+    for part in header.split(",")[:20]:
+        piece = part.strip()
+        if not piece:
+            continue
+        tag, _, params = piece.partition(";")
+        tag = tag.strip()
+        if not _LANG_RE.match(tag):
+            continue
+        q = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                q = float(params[2:])
+            except ValueError:
+                continue
+        if q <= 0:
+            continue
+        primary = tag.split("-", 1)[0].lower()
+        # earlier entries win ties, as browsers order by preference
+        if primary in available and q > best_q:
+            best, best_q = primary, q
+        elif tag == "*" and q > best_q:
+            best, best_q = default, q
+    return best

@@ -1,0 +1,88 @@
+"""Factories for tests: the shipped config pointed at a loopback sandbox, and a sidecar around it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.admin import build_admin_app
+from proxy.app import build_data_app, build_state
+from proxy.config import LoadedConfig, load_config
+from proxy.sandbox import SANDBOX_STATE, SandboxState
+from proxy.state import ProxyState
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTES = ROOT / "config" / "routes.yaml"
+ERRORS = ROOT / "config" / "errors.yaml"
+CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
+JSON_HEADERS = {"Content-Type": "application/json", "X-Client-Id": "app-1"}
+
+
+def sandbox_env(sandbox_url: str, redis_url: str = "", **extra: str) -> dict[str, str]:
+    return {
+        "TOKOPEDIA_BASE_URL": sandbox_url,
+        "TOKOPEDIA_TOKEN_URL": sandbox_url + "/token",
+        "TOKOPEDIA_CLIENT_ID": CLIENT_ID,
+        "TOKOPEDIA_CLIENT_SECRET": CLIENT_SECRET,
+        "REDIS_URL": redis_url,
+        "PROXY_LISTEN": "127.0.0.1:0",
+        "PROXY_ADMIN_LISTEN": "127.0.0.1:0",
+        **extra,
+    }
+
+
+def shipped_config(sandbox_url: str, redis_url: str = "", routes: Path = ROUTES, errors: Path = ERRORS, **extra: str) -> LoadedConfig:
+    return load_config(routes, errors, env=sandbox_env(sandbox_url, redis_url, **extra))
+
+
+def patched_routes(tmp_path: Path, replacements: dict[str, str]) -> Path:
+    """A copy of the shipped routes.yaml with text replaced (e.g. a breaker setting for a test)."""
+    text = ROUTES.read_text()
+    for old, new in replacements.items():
+        assert old in text, f"{old!r} not in routes.yaml"
+        text = text.replace(old, new)
+    path = tmp_path / "routes.yaml"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class Rig:
+    """One sidecar (data + admin apps as test clients) in front of one sandbox partner."""
+
+    client: TestClient
+    admin: TestClient
+    state: ProxyState
+    sandbox: TestServer
+
+    @property
+    def partner(self) -> SandboxState:
+        return self.sandbox.app[SANDBOX_STATE]
+
+    async def get(self, query: str = "", headers: dict[str, str] | None = None, **kw: Any) -> Any:
+        h = dict(JSON_HEADERS)
+        h.update(headers or {})
+        return await self.client.get("/v1/products" + query, headers=h, **kw)
+
+    async def metrics(self) -> str:
+        r = await self.admin.get("/metrics")
+        return await r.text()
+
+
+async def make_rig(aiohttp_client: Any, sandbox: TestServer, loaded: LoadedConfig) -> Rig:
+    state = build_state(loaded)
+    client = await aiohttp_client(build_data_app(state))
+    state.data_up = True
+    admin = await aiohttp_client(build_admin_app(state))
+    state.admin_up = True
+    return Rig(client, admin, state, sandbox)
+
+
+def sandbox_app(**settings: Any) -> web.Application:
+    from proxy.sandbox import SandboxSettings, build_sandbox_app
+
+    return build_sandbox_app(SandboxSettings(CLIENT_ID, CLIENT_SECRET, **settings))
