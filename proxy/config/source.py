@@ -99,6 +99,8 @@ def load_yaml(path: str | Path) -> LineDict:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
         problem = exc.problem or str(exc)
+        if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+            problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
         if "could not determine a constructor" in (problem or ""):
             problem += " (only plain YAML is accepted: remove the tag)"
         raise YamlError(p, line, f"invalid YAML: {problem}") from exc

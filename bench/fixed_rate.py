@@ -1,0 +1,130 @@
+"""Open-loop fixed-rate HTTP load (a small stand-in for wrk2, which Debian does not ship).
+
+Request i is started at ``t0 + i / rate`` whatever happened to the earlier ones (open loop: a slow
+answer does not slow the sender down). Each request's latency is measured from the moment it is
+actually sent to the end of reading the body; how late the sender was against the schedule is
+reported separately as ``lag_*`` so a saturated client is visible instead of hidden. Prints one
+JSON object on stdout. Used by ``bench/run.py`` (pinned to its own core with ``taskset``).
+
+    python bench/fixed_rate.py --url http://127.0.0.1:8080/v1/products --rate 500 --duration 10 \
+        -H 'Content-Type: application/json' -H 'X-Client-Id: bench'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import math
+import sys
+import time
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100.0 * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+async def load(url: str, headers: dict[str, str], rate: float, duration: float, warmup: int, timeout: float) -> dict[str, object]:
+    latencies: list[float] = []
+    lags: list[float] = []
+    statuses: collections.Counter[str] = collections.Counter()
+    errors: collections.Counter[str] = collections.Counter()
+    samples: dict[str, str] = {}
+
+    connector = TCPConnector(limit=0, keepalive_timeout=60)
+    async with ClientSession(connector=connector, timeout=ClientTimeout(total=timeout)) as session:
+        # Open a few keep-alive connections first so connection setup is not measured.
+        for _ in range(warmup):
+            async with session.get(url, headers=headers) as resp:
+                await resp.read()
+
+        async def one(scheduled: float) -> None:
+            start = time.perf_counter()
+            lags.append(start - scheduled)
+            try:
+                async with session.get(url, headers=headers) as resp:
+                    body = await resp.read()
+                    status = resp.status
+            except (ClientError, asyncio.TimeoutError, OSError) as exc:
+                errors[type(exc).__name__] += 1
+                return
+            latencies.append(time.perf_counter() - start)
+            statuses[str(status)] += 1
+            if not 200 <= status < 300 and str(status) not in samples:
+                samples[str(status)] = body[:300].decode("utf-8", "replace")
+
+        total = int(rate * duration)
+        tasks: set[asyncio.Task[None]] = set()
+        t0 = time.perf_counter() + 0.01
+        for i in range(total):
+            scheduled = t0 + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        send_end = time.perf_counter()
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=timeout + 1)
+        elapsed = send_end - t0
+
+    latencies.sort()
+    lags.sort()
+    ms = lambda v: None if v is None else round(v * 1000.0, 4)  # noqa: E731
+    ok = sum(n for s, n in statuses.items() if s.startswith("2"))
+    return {
+        "url": url,
+        "rate": rate,
+        "sent": total,
+        "completed": len(latencies),
+        "ok": ok,
+        "non_2xx": len(latencies) - ok,
+        "statuses": dict(statuses),
+        "errors": dict(errors),
+        "samples": samples,
+        "achieved_rps": round(total / elapsed, 1) if elapsed > 0 else None,
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p90_ms": ms(percentile(latencies, 90)),
+        "p99_ms": ms(percentile(latencies, 99)),
+        "p999_ms": ms(percentile(latencies, 99.9)),
+        "max_ms": ms(latencies[-1] if latencies else None),
+        "lag_p50_ms": ms(percentile(lags, 50)),
+        "lag_p99_ms": ms(percentile(lags, 99)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="open-loop fixed-rate HTTP GET load; prints JSON")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--rate", type=float, default=500.0, help="requests per second (default %(default)s)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=50, help="sequential requests before measuring (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
+    parser.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeatable)")
+    args = parser.parse_args()
+    headers = {}
+    for h in args.header:
+        name, _, value = h.partition(":")
+        headers[name.strip()] = value.strip()
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    result = asyncio.run(load(args.url, headers, args.rate, args.duration, args.warmup, args.timeout))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,908 @@
+#!/usr/bin/env python3
+"""partner-proxy benchmark: what the sidecar costs against nginx and a bare aiohttp pass-through.
+
+One command, loopback only (127.0.0.1):
+
+    python bench/run.py            # 3 interleaved repetitions, 10 s closed-loop runs (~5 minutes)
+    python bench/run.py --quick    # 1 repetition, 3 s runs (~1 minute)
+
+It starts a static upstream that answers like the partner (nginx, 1 worker), a redis-server, and
+four targets on that same upstream:
+
+    direct         wrk straight at the upstream nginx
+    nginx-proxy    a second nginx (1 worker) proxy_pass-ing with keep-alive upstream connections
+    bare-aiohttp   bench/bare_aiohttp.py: one ClientSession, read body, return it (uvloop)
+    partner-proxy  `python -m proxy serve` with the shipped config/routes.yaml + config/errors.yaml,
+                   REDIS_URL set, metrics and the communication log on
+
+then, per repetition and target (the order rotates each repetition): a warm-up, a closed-loop
+`wrk -t1 -c32 --latency` run (req/s, p50, p99, errors, server CPU per request) and an open-loop
+fixed-rate run at 500 req/s (bench/fixed_rate.py) for the latency a target adds over direct.
+Medians over the repetitions are printed as a markdown table and written to
+bench/results/latest.md (raw numbers in bench/results/latest.json). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results"
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+APP_HEADERS = {"Content-Type": "application/json", "X-Client-Id": "bench"}
+APP_PATH = "/v1/products"
+UPSTREAM_PATH = "/v2/product-list"
+
+TOKEN_BODY = '{"access_token":"c:bench-token","expires_in":86400,"token_type":"Bearer"}'
+
+
+def _product(code: str, name: str, price: int, inquiry: bool, status: int) -> dict[str, Any]:
+    return {"type": "product", "id": code,
+            "attributes": {"product_name": name, "price": price, "is_inquiry": inquiry, "status": status}}
+
+
+# The partner's product list (JSON:API), the same products the sandbox partner serves.
+PRODUCTS_BODY = json.dumps(
+    {
+        "data": [
+            _product("25k-xl", "XL 25,000", 24913, False, 1),
+            _product("kta-bank-dbs", "Bank DBS KTA Bank DBS", 4797124, True, 1),
+            _product("pln-prepaid-20k", "PLN Prepaid 20,000", 21500, True, 1),
+            _product("google-play-100k", "Google Play Voucher 100,000", 98500, False, 1),
+            _product("bpjs-kesehatan", "BPJS Kesehatan", 2500, True, 1),
+            _product("telkomsel-50k", "Telkomsel 50,000", 49850, False, 3),
+            _product("indosat-10k", "Indosat Ooredoo 10,000", 10950, False, 2),
+            _product("axis-5k", "", 5900, False, 1),
+        ]
+    },
+    separators=(",", ":"),
+)
+assert "'" not in PRODUCTS_BODY and "$" not in PRODUCTS_BODY  # nginx `return` string quoting
+
+# Environment variables that could make a child talk to anything but loopback.
+_SCRUB_ENV = ("SLACK_WEBHOOK_URL", "DATADOG_API_URL", "DATADOG_API_KEY", "NEWRELIC_EVENTS_URL", "NEWRELIC_API_KEY",
+              "http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+class BenchError(RuntimeError):
+    """Something the harness cannot work around: printed as is, exit 2."""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- prerequisites
+
+APT_PACKAGES = {"nginx": "nginx", "wrk": "wrk", "redis-server": "redis-server", "taskset": "util-linux"}
+
+
+def ensure_tools(allow_install: bool) -> None:
+    missing = [tool for tool in APT_PACKAGES if shutil.which(tool) is None]
+    if missing:
+        pkgs = sorted({APT_PACKAGES[t] for t in missing})
+        if not allow_install:
+            raise BenchError(f"missing {', '.join(missing)}: install with `apt-get install -y {' '.join(pkgs)}` (or drop --no-install)")
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            raise BenchError(f"missing {', '.join(missing)} and cannot install them (need root and apt-get): "
+                             f"run `sudo apt-get install -y {' '.join(pkgs)}` first")
+        log(f"installing {' '.join(pkgs)} with apt-get ...")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *pkgs]):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BenchError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        still = [tool for tool in APT_PACKAGES if shutil.which(tool) is None]
+        if still:
+            raise BenchError(f"still missing after apt-get install: {', '.join(still)}")
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError as exc:
+        raise BenchError("aiohttp is not importable: install the project first (`pip install -e .`)") from exc
+    if _module_version("uvloop") is None:
+        if allow_install:
+            log("uvloop missing: pip install uvloop ...")
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "uvloop"], capture_output=True)
+        if _module_version("uvloop") is None:
+            log("WARNING: uvloop not installed: the sidecar and bare aiohttp run on the stock asyncio loop")
+    probe = subprocess.run([sys.executable, "-c", "import proxy.cli"], cwd=REPO, env=child_env(), capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise BenchError(f"cannot import the sidecar (`python -c 'import proxy.cli'` in {REPO}):\n{probe.stderr[-2000:]}\n"
+                         "install its dependencies: `pip install -e .[speed]`")
+
+
+def _module_version(name: str) -> str | None:
+    proc = subprocess.run([sys.executable, "-c", f"import {name}; print({name}.__version__)"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- /proc accounting
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2:].split()  # [0] is field 3 (state): field n is [n - 3]
+
+
+def tree_pids(root: int) -> list[int]:
+    """root and all its live descendants (nginx master + worker, python + any helper)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            f = _stat_fields(int(entry))
+            if f is not None:
+                children.setdefault(int(f[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime (all threads) of the live process tree under root, in seconds."""
+    ticks = 0
+    for pid in tree_pids(root):
+        f = _stat_fields(pid)
+        if f is not None:
+            ticks += int(f[11]) + int(f[12])  # fields 14 utime, 15 stime
+    return ticks / CLK_TCK
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    stop_signals: tuple[int, ...] = (signal.SIGTERM,)
+    log_path: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class Processes:
+    """Every child the harness starts, stopped by PID in reverse order."""
+
+    def __init__(self, pin: bool) -> None:
+        self.children: list[Child] = []
+        self.pin = pin
+
+    def cmd(self, argv: list[str], cpu: str | None) -> list[str]:
+        if self.pin and cpu is not None:
+            return ["taskset", "-c", cpu, *argv]  # taskset execs: the PID is the server's own
+        return argv
+
+    def start(self, name: str, argv: list[str], *, cpu: str | None, env: dict[str, str] | None = None,
+              stdout: Any = subprocess.DEVNULL, stderr_path: Path | None = None,
+              stop_signals: tuple[int, ...] = (signal.SIGTERM,), cwd: Path | None = None) -> Child:
+        stderr: Any = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(self.cmd(argv, cpu), env=env or child_env(), stdout=stdout, stderr=stderr,
+                                    stdin=subprocess.DEVNULL, cwd=cwd or REPO, start_new_session=True)
+        finally:
+            if stderr_path:
+                stderr.close()
+        child = Child(name, proc, stop_signals, stderr_path)
+        self.children.append(child)
+        return child
+
+    def run(self, argv: list[str], *, cpu: str | None, timeout: float) -> subprocess.CompletedProcess[str]:
+        """A short-lived child (wrk, the fixed-rate client): registered so Ctrl-C stops it too."""
+        proc = subprocess.Popen(self.cmd(argv, cpu), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True, cwd=REPO, start_new_session=True)
+        child = Child(argv[0], proc)  # type: ignore[arg-type]
+        self.children.append(child)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._stop(child)
+            raise BenchError(f"`{' '.join(argv)}` did not finish in {timeout:.0f}s") from None
+        finally:
+            if proc.poll() is not None and child in self.children:
+                self.children.remove(child)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    def _stop(self, child: Child) -> None:
+        proc = child.proc
+        for sig in child.stop_signals:
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1.0)
+        if proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5.0)
+        if proc.poll() is None:
+            log(f"{child.name} (pid {proc.pid}) did not stop: SIGKILL")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop_all(self) -> None:
+        while self.children:
+            child = self.children.pop()
+            self._stop(child)
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def wait_http(url: str, child: Child, timeout: float = 30.0, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise BenchError(f"{child.name} exited with {child.proc.returncode} before answering {url}{_log_tail(child)}")
+        try:
+            status, _, _ = http_get(url, headers, timeout=1.0)
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise BenchError(f"{child.name} not ready at {url} after {timeout:.0f}s ({last}){_log_tail(child)}")
+
+
+def _log_tail(child: Child, lines: int = 30) -> str:
+    if child.log_path and child.log_path.exists():
+        tail = child.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"\n--- {child.name} stderr (last {len(tail)} lines) ---\n" + "\n".join(tail)
+    return ""
+
+
+def redis_calls(port: int) -> int:
+    """Total calls in INFO commandstats, less the INFO calls themselves."""
+    with socket.create_connection((HOST, port), timeout=2) as s:
+        s.sendall(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += s.recv(65536)
+        header, _, rest = buf.partition(b"\r\n")
+        size = int(header[1:])
+        while len(rest) < size:
+            rest += s.recv(65536)
+    total = 0
+    for m in re.finditer(r"^cmdstat_([^:]+):calls=(\d+)", rest[:size].decode(), re.M):
+        if m.group(1) != "info":
+            total += int(m.group(2))
+    return total
+
+
+def scrape_requests_total(admin_port: int) -> dict[str, float]:
+    """partner_proxy_requests_total by status, from the admin /metrics."""
+    _, _, body = http_get(f"http://{HOST}:{admin_port}/metrics", timeout=5)
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^partner_proxy_requests_total\{([^}]*)\}\s+([0-9.e+]+)', body.decode(), re.M):
+        status = re.search(r'status="([^"]*)"', m.group(1))
+        key = status.group(1) if status else "?"
+        out[key] = out.get(key, 0.0) + float(m.group(2))
+    return out
+
+
+# --------------------------------------------------------------------------- wrk
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    if not m:
+        raise BenchError(f"cannot parse wrk output:\n{out}")
+    res["requests"] = int(m.group(1))
+    res["seconds"] = float(m.group(2)) * _UNITS[m.group(3)] / 1e3
+    res["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    for pct, val, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
+        res[f"p{pct}_ms"] = float(val) * _UNITS[unit]
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()))) if m else {}
+    return res
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    child: Child
+    fixed_rate_url: str | None = None
+    admin_port: int | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def nginx_conf(tmp: Path, name: str, port: int, body: str) -> Path:
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        d = tmp / f"{name}-temp" / sub
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o777)
+    temp = tmp / f"{name}-temp"
+    conf = tmp / f"{name}.conf"
+    conf.write_text(f"""# generated by bench/run.py
+daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
+events {{ worker_connections 4096; multi_accept on; }}
+http {{
+    access_log off;
+    server_tokens off;
+    client_body_temp_path {temp}/client_body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    tcp_nodelay on;
+{body}
+}}
+""")
+    return conf
+
+
+def upstream_nginx_body(port: int) -> str:
+    return f"""    server {{
+        listen {HOST}:{port} backlog=4096;
+        default_type application/json;
+        location = /token {{ return 200 '{TOKEN_BODY}'; }}
+        location = {UPSTREAM_PATH} {{ return 200 '{PRODUCTS_BODY}'; }}
+        location / {{ return 404 '{{"errors":[{{"code":"P04","detail":"not found"}}]}}'; }}
+    }}"""
+
+
+def proxy_nginx_body(port: int, upstream_port: int) -> str:
+    return f"""    upstream partner {{
+        server {HOST}:{upstream_port};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        location = {APP_PATH} {{
+            proxy_pass http://partner{UPSTREAM_PATH};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ncpu = os.cpu_count() or 1
+        self.pin = not args.no_pin and self.ncpu >= 2
+        self.procs = Processes(self.pin)
+        self.tmp = Path(tempfile.mkdtemp(prefix="pp-bench-"))
+        self.tmp.chmod(0o755)  # nginx workers run as nobody
+        self.targets: list[Target] = []
+        self.upstream: Child | None = None
+        self.redis_port = 0
+        self.sidecar: Target | None = None
+        self.memory: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.sanity: dict[str, str] = {}
+        self.started = time.monotonic()
+
+    # ---- setup
+
+    def start_all(self) -> None:
+        a = self.args
+        up_port = free_port()
+        conf = nginx_conf(self.tmp, "upstream", up_port, upstream_nginx_body(up_port))
+        self.upstream = self.procs.start("upstream-nginx", ["nginx", "-p", str(self.tmp), "-e", str(self.tmp / "upstream-error.log"), "-c", str(conf)],
+                                         cpu=a.upstream_cpu, stderr_path=self.tmp / "upstream.stderr")
+        self.upstream.log_path = self.tmp / "upstream.stderr"
+        up = f"http://{HOST}:{up_port}"
+        wait_http(up + UPSTREAM_PATH, self.upstream)
+        self.targets.append(Target("direct", up + UPSTREAM_PATH, self.upstream))
+
+        self.redis_port = free_port()
+        redis = self.procs.start("redis-server", ["redis-server", "--port", str(self.redis_port), "--bind", HOST, "--save", "",
+                                                  "--appendonly", "no", "--dir", str(self.tmp), "--daemonize", "no"],
+                                 cpu=a.aux_cpu, stderr_path=self.tmp / "redis.stderr")
+        self._wait_redis(redis)
+
+        p = free_port()
+        conf = nginx_conf(self.tmp, "proxy", p, proxy_nginx_body(p, up_port))
+        child = self.procs.start("nginx-proxy", ["nginx", "-p", str(self.tmp), "-e", str(self.tmp / "proxy-error.log"), "-c", str(conf)],
+                                 cpu=a.server_cpu, stderr_path=self.tmp / "proxy.stderr")
+        wait_http(f"http://{HOST}:{p}{APP_PATH}", child)
+        self.targets.append(Target("nginx-proxy", f"http://{HOST}:{p}{APP_PATH}", child))
+
+        p = free_port()
+        child = self.procs.start("bare-aiohttp", [sys.executable, str(BENCH / "bare_aiohttp.py"), "--port", str(p), "--upstream", up + UPSTREAM_PATH],
+                                 cpu=a.server_cpu, stderr_path=self.tmp / "bare.stderr")
+        wait_http(f"http://{HOST}:{p}{APP_PATH}", child)
+        self.targets.append(Target("bare-aiohttp", f"http://{HOST}:{p}{APP_PATH}", child))
+
+        p, admin = free_port(), free_port()
+        env = child_env({
+            "PROXY_LISTEN": f"{HOST}:{p}",
+            "PROXY_ADMIN_LISTEN": f"{HOST}:{admin}",
+            "TOKOPEDIA_BASE_URL": up,
+            "TOKOPEDIA_TOKEN_URL": f"{up}/token",
+            "TOKOPEDIA_CLIENT_ID": "bench-client",
+            "TOKOPEDIA_CLIENT_SECRET": "bench-secret",
+            "REDIS_URL": f"redis://{HOST}:{self.redis_port}/0",
+        })
+        commlog = open(os.devnull, "wb") if a.commlog == "devnull" else open(self.tmp / "commlog.jsonl", "wb")  # noqa: SIM115
+        try:
+            child = self.procs.start("partner-proxy", [sys.executable, "-m", "proxy", "serve", "--config", a.config, "--errors", a.errors],
+                                     cpu=a.server_cpu, env=env, stdout=commlog, stderr_path=self.tmp / "sidecar.stderr",
+                                     # SIGTERM starts the drain (drain_timeout), a second one ends it at once.
+                                     stop_signals=(signal.SIGTERM, signal.SIGTERM))
+        finally:
+            commlog.close()
+        wait_http(f"http://{HOST}:{admin}/readyz", child)
+        self.sidecar = Target("partner-proxy", f"http://{HOST}:{p}{APP_PATH}", child, admin_port=admin)
+        self.targets.append(self.sidecar)
+        log(f"up: upstream nginx :{up_port}, redis :{self.redis_port}, nginx-proxy, bare-aiohttp, partner-proxy :{p} (admin :{admin}); "
+            f"pinning {'on' if self.pin else 'off'}")
+
+    def _wait_redis(self, child: Child) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if child.proc.poll() is not None:
+                raise BenchError(f"redis-server exited with {child.proc.returncode}{_log_tail(child)}")
+            try:
+                with socket.create_connection((HOST, self.redis_port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise BenchError(f"redis-server did not come up on port {self.redis_port}")
+
+    def sanity_check(self) -> None:
+        """One request per target: status, and whether the body is the partner's, byte for byte."""
+        for t in self.targets:
+            try:
+                status, headers, body = http_get(t.url, APP_HEADERS, timeout=5)
+            except OSError as exc:
+                self.sanity[t.name] = f"request failed: {exc}"
+                continue
+            same = body == PRODUCTS_BODY.encode()
+            ctype = headers.get("Content-Type", "?")
+            verdict = f"HTTP {status}, {len(body)} B, Content-Type {ctype}, body {'identical to' if same else 'DIFFERENT from'} upstream"
+            self.sanity[t.name] = verdict
+            if status != 200 or not same:
+                log(f"WARNING {t.name}: {verdict}: {body[:300]!r}")
+
+    # ---- measuring
+
+    def wrk(self, url: str, seconds: float) -> dict[str, Any]:
+        argv = ["wrk", "-t1", f"-c{self.args.connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
+        for k, v in APP_HEADERS.items():
+            argv += ["-H", f"{k}: {v}"]
+        argv.append(url)
+        proc = self.procs.run(argv, cpu=self.args.client_cpu, timeout=seconds + 30)
+        if proc.returncode != 0:
+            raise BenchError(f"wrk failed (exit {proc.returncode}): {proc.stderr.strip()}\n{proc.stdout}")
+        res = parse_wrk(proc.stdout)
+        res["raw"] = proc.stdout
+        return res
+
+    def fixed_rate(self, url: str) -> dict[str, Any]:
+        a = self.args
+        argv = [sys.executable, str(BENCH / "fixed_rate.py"), "--url", url, "--rate", f"{a.rate:g}", "--duration", f"{a.rate_duration:g}"]
+        for k, v in APP_HEADERS.items():
+            argv += ["-H", f"{k}: {v}"]
+        proc = self.procs.run(argv, cpu=a.client_cpu, timeout=a.rate_duration + 60)
+        if proc.returncode != 0:
+            raise BenchError(f"fixed-rate client failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        return json.loads(proc.stdout)
+
+    def measure(self, t: Target, rep: int) -> dict[str, Any]:
+        a = self.args
+        assert self.upstream is not None
+        self.wrk(t.url, a.warmup)  # warm-up: connections, caches, token, JIT-free but allocator-warm
+        is_sidecar = t is self.sidecar
+        cpu0, up0, w0 = tree_cpu_seconds(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
+        redis0 = redis_calls(self.redis_port)
+        met0 = scrape_requests_total(t.admin_port) if is_sidecar and t.admin_port else {}
+        run = self.wrk(t.url, a.duration)
+        cpu1, up1, w1 = tree_cpu_seconds(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
+        redis1 = redis_calls(self.redis_port)
+        met1 = scrape_requests_total(t.admin_port) if is_sidecar and t.admin_port else {}
+        n = max(run["requests"], 1)
+        wall = w1 - w0
+        res: dict[str, Any] = {
+            "rep": rep,
+            "target": t.name,
+            "wrk": {k: v for k, v in run.items() if k != "raw"},
+            "cpu_us_per_req": (cpu1 - cpu0) / n * 1e6,
+            "server_cpu_pct": (cpu1 - cpu0) / wall * 100,
+            "upstream_cpu_pct": (up1 - up0) / wall * 100,
+            "redis_calls_per_req": (redis1 - redis0) / n,
+        }
+        if is_sidecar:
+            res["statuses"] = {k: round(met1.get(k, 0) - met0.get(k, 0)) for k in sorted(set(met0) | set(met1)) if met1.get(k, 0) - met0.get(k, 0)}
+        errors = run["non_2xx"] + sum(run["socket_errors"].values())
+        if errors:
+            res["wrk_raw"] = run["raw"]
+        res["fixed"] = self.fixed_rate(t.url)
+        fx = res["fixed"]
+        log(f"rep {rep + 1} {t.name:<14} {run['rps']:>9.0f} req/s  p50 {run.get('p50_ms', 0):.3f} ms  p99 {run.get('p99_ms', 0):.3f} ms  "
+            f"{res['cpu_us_per_req']:.1f} us/req (server {res['server_cpu_pct']:.0f}% / upstream {res['upstream_cpu_pct']:.0f}% of a core)  "
+            f"@{a.rate:g}/s p50 {fx['p50_ms']} p99 {fx['p99_ms']} ms"
+            + (f"  ERRORS: non-2xx {run['non_2xx']}, socket {run['socket_errors']}" if errors else "")
+            + (f"  fixed-rate errors: {fx['statuses']} {fx['errors']}" if fx["non_2xx"] or fx["errors"] else ""))
+        return res
+
+    def run(self) -> None:
+        a = self.args
+        self.start_all()
+        self.sanity_check()
+        assert self.sidecar is not None
+        self.memory["rss_start_mib"] = rss_mib(self.sidecar.child.pid)
+        for rep in range(a.reps):
+            order = self.targets[rep % len(self.targets):] + self.targets[: rep % len(self.targets)]
+            for t in order:
+                if t.child.proc.poll() is not None:
+                    raise BenchError(f"{t.name} exited with {t.child.proc.returncode} during the run{_log_tail(t.child)}")
+                t.runs.append(self.measure(t, rep))
+        self.memory["rss_after_runs_mib"] = rss_mib(self.sidecar.child.pid)
+        self.memory["requests_before_rss_after"] = sum(r["wrk"]["requests"] for r in self.sidecar.runs)
+        if a.memory:
+            self.memory_run()
+
+    def memory_run(self) -> None:
+        """wrk at the sidecar in 5 s slices until 100,000 more requests have been answered, then RSS."""
+        assert self.sidecar is not None
+        total, t0 = 0, time.monotonic()
+        while total < self.args.memory_requests and time.monotonic() - t0 < 600:
+            total += self.wrk(self.sidecar.url, 5)["requests"]
+        self.memory["memory_requests"] = total
+        self.memory["rss_after_memory_mib"] = rss_mib(self.sidecar.child.pid)
+        log(f"--memory: {total} more requests, sidecar RSS {self.memory['rss_after_memory_mib']:.1f} MiB")
+
+    def collect_sidecar_logs(self) -> None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        err = self.tmp / "sidecar.stderr"
+        if err.exists():
+            shutil.copyfile(err, RESULTS / "sidecar-stderr.log")
+            text = err.read_text(errors="replace")
+            self.memory["sidecar_stderr_lines"] = len(text.splitlines())
+            self.memory["sidecar_stderr_warnings"] = sum(1 for ln in text.splitlines() if '"level":"WARNING"' in ln or '"level":"ERROR"' in ln or "Traceback" in ln)
+        cl = self.tmp / "commlog.jsonl"
+        if cl.exists():
+            with open(cl, "rb") as f:
+                lines = sum(1 for _ in f)
+            with open(cl, "rb") as f:
+                first = f.readline().decode(errors="replace").strip()
+            self.memory["commlog_lines"] = lines
+            self.memory["commlog_first"] = first[:400]
+
+    # ---- report
+
+    def stop(self) -> None:
+        try:
+            self.procs.stop_all()  # the sidecar first (started last), so its stderr is complete
+            with contextlib.suppress(OSError):
+                self.collect_sidecar_logs()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def med(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def summarize(bench: Bench) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for t in bench.targets:
+        runs = t.runs
+        errors = sum(r["wrk"]["non_2xx"] + sum(r["wrk"]["socket_errors"].values()) for r in runs)
+        fx_errors = sum(r["fixed"]["non_2xx"] + sum(r["fixed"]["errors"].values()) for r in runs)
+        out[t.name] = {
+            "rps": med([r["wrk"]["rps"] for r in runs]),
+            "rps_all": [round(r["wrk"]["rps"]) for r in runs],
+            "p50": med([r["wrk"].get("p50_ms") for r in runs]),
+            "p99": med([r["wrk"].get("p99_ms") for r in runs]),
+            "cpu": med([r["cpu_us_per_req"] for r in runs]),
+            "cpu_all": [round(r["cpu_us_per_req"], 1) for r in runs],
+            "server_cpu_pct": med([r["server_cpu_pct"] for r in runs]),
+            "upstream_cpu_pct": med([r["upstream_cpu_pct"] for r in runs]),
+            "fx_p50": med([r["fixed"]["p50_ms"] for r in runs]),
+            "fx_p99": med([r["fixed"]["p99_ms"] for r in runs]),
+            "fx_rps": med([r["fixed"]["achieved_rps"] for r in runs]),
+            "fx_lag_p99": med([r["fixed"]["lag_p99_ms"] for r in runs]),
+            "redis_per_req": med([r["redis_calls_per_req"] for r in runs]),
+            "errors": errors,
+            "fx_errors": fx_errors,
+            "non_2xx": sum(r["wrk"]["non_2xx"] for r in runs),
+            "socket_errors": {k: sum(r["wrk"]["socket_errors"].get(k, 0) for r in runs) for k in ("connect", "read", "write", "timeout")},
+            "fx_statuses": _sum_dicts([r["fixed"]["statuses"] for r in runs]),
+            "fx_client_errors": _sum_dicts([r["fixed"]["errors"] for r in runs]),
+            "statuses": _sum_dicts([r.get("statuses", {}) for r in runs]),
+            "samples": {k: v for r in runs for k, v in r["fixed"].get("samples", {}).items()},
+        }
+    return out
+
+
+def _sum_dicts(ds: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in ds:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _version(argv: list[str], pattern: str) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    m = re.search(pattern, p.stdout + p.stderr)
+    return m.group(1) if m else "?"
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": _module_version("aiohttp") or "?",
+        "uvloop": _module_version("uvloop") or "not installed",
+        "nginx": _version(["nginx", "-v"], r"nginx/(\S+)"),
+        "wrk": _version(["wrk", "-v"], r"wrk (\S+)"),
+        "redis": _version(["redis-server", "--version"], r"v=(\S+)"),
+    }
+
+
+TARGET_LABELS = {
+    "direct": "direct (upstream nginx)",
+    "nginx-proxy": "nginx reverse proxy",
+    "bare-aiohttp": "bare aiohttp pass-through",
+    "partner-proxy": "partner-proxy",
+}
+
+
+def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elapsed: float) -> str:
+    a = bench.args
+    d = summary["direct"]
+    lines = [
+        f"## partner-proxy benchmark ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})",
+        "",
+        f"Medians of {a.reps} interleaved repetition(s). Closed loop: `wrk -t1 -c{a.connections} -d{a.duration:g}s --latency`. "
+        f"Fixed rate: {a.rate:g} req/s open loop for {a.rate_duration:g} s (bench/fixed_rate.py); added = target − direct.",
+        "",
+        f"| target | req/s | p50 ms | p99 ms | CPU us/req | added p50 / p99 ms at {a.rate:g} rps |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for t in bench.targets:
+        s = summary[t.name]
+        flag = " ⚠ errors" if s["errors"] or s["fx_errors"] else ""
+        if t.name == "direct":
+            added = f"(baseline {fmt(s['fx_p50'], '.3f')} / {fmt(s['fx_p99'], '.3f')})"
+        else:
+            ap50 = None if s["fx_p50"] is None or d["fx_p50"] is None else s["fx_p50"] - d["fx_p50"]
+            ap99 = None if s["fx_p99"] is None or d["fx_p99"] is None else s["fx_p99"] - d["fx_p99"]
+            added = f"+{fmt(ap50, '.3f')} / +{fmt(ap99, '.3f')}"
+        lines.append(f"| {TARGET_LABELS[t.name]}{flag} | {fmt(s['rps'], ',.0f')} | {fmt(s['p50'], '.3f')} | {fmt(s['p99'], '.3f')} | "
+                     f"{fmt(s['cpu'], '.1f')} | {added} |")
+    pp, bare, ngx = summary["partner-proxy"], summary["bare-aiohttp"], summary["nginx-proxy"]
+
+    def ratio(x: float | None, y: float | None, spec: str = ".2f") -> str:
+        return "n/a" if not x or not y else format(x / y, spec)
+
+    lines += [
+        "",
+        f"- partner-proxy / bare aiohttp: throughput ×{ratio(pp['rps'], bare['rps'])}, CPU per request ×{ratio(pp['cpu'], bare['cpu'])}",
+        f"- partner-proxy / nginx reverse proxy: throughput ×{ratio(pp['rps'], ngx['rps'], '.3f')}, CPU per request ×{ratio(pp['cpu'], ngx['cpu'], '.1f')}",
+        f"- bare aiohttp / nginx reverse proxy: throughput ×{ratio(bare['rps'], ngx['rps'], '.3f')}, CPU per request ×{ratio(bare['cpu'], ngx['cpu'], '.1f')}",
+    ]
+    mem = bench.memory
+    rss = f"RSS {fmt(mem.get('rss_start_mib'), '.1f')} MiB at start → {fmt(mem.get('rss_after_runs_mib'), '.1f')} MiB after {mem.get('requests_before_rss_after', 0):,} measured requests"
+    if "rss_after_memory_mib" in mem:
+        rss += f" → {fmt(mem['rss_after_memory_mib'], '.1f')} MiB after {mem['memory_requests']:,} more (--memory)"
+    lines += [
+        f"- partner-proxy {rss}",
+        f"- partner-proxy Redis commands per request in steady state: {fmt(pp['redis_per_req'], '.4f')} (INFO commandstats delta / requests, median)",
+    ]
+    if "commlog_lines" in mem:
+        lines.append(f"- partner-proxy communication log: {mem['commlog_lines']:,} lines on stdout (to a file)")
+    lines += [
+        "",
+        "Details (per repetition; server/upstream CPU as % of one core during the closed-loop run):",
+        "",
+        "| target | req/s per rep | CPU us/req per rep | server CPU % | upstream nginx CPU % | Redis cmds/req | fixed-rate achieved rps | client lag p99 ms | errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for t in bench.targets:
+        s = summary[t.name]
+        err = "none"
+        if s["errors"] or s["fx_errors"]:
+            parts = []
+            if s["non_2xx"]:
+                parts.append(f"wrk non-2xx {s['non_2xx']}")
+            if any(s["socket_errors"].values()):
+                parts.append(f"wrk socket {s['socket_errors']}")
+            bad = {k: v for k, v in s["fx_statuses"].items() if not k.startswith("2")}
+            if bad or s["fx_client_errors"]:
+                parts.append(f"fixed-rate statuses {bad} client errors {s['fx_client_errors']}")
+            err = "; ".join(parts)
+        if t.name == "partner-proxy" and s["statuses"]:
+            err += f" (sidecar metrics, closed loop: {s['statuses']})"
+        lines.append(f"| {t.name} | {', '.join(map(str, s['rps_all']))} | {', '.join(map(str, s['cpu_all']))} | {fmt(s['server_cpu_pct'], '.0f')} | "
+                     f"{fmt(s['upstream_cpu_pct'], '.0f')} | {fmt(s['redis_per_req'], '.4f')} | {fmt(s['fx_rps'], '.0f')} | {fmt(s['fx_lag_p99'], '.3f')} | {err} |")
+    for name, verdict in bench.sanity.items():
+        if "HTTP 200" not in verdict or "DIFFERENT" in verdict:
+            lines.append(f"\nsanity check {name}: {verdict}")
+    samples = {n: s["samples"] for n, s in summary.items() if s["samples"]}
+    if samples:
+        lines += ["", "Sample error bodies:", "```", json.dumps(samples, indent=1, ensure_ascii=False)[:3000], "```"]
+    m = machine()
+    lines += [
+        "",
+        f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}, "
+        f"nginx {m['nginx']}, wrk {m['wrk']}, redis {m['redis']}.",
+        f"Placement: {'servers on CPU ' + a.server_cpu + ', upstream nginx on CPU ' + str(a.upstream_cpu) + ', wrk and the fixed-rate client on CPU ' + a.client_cpu if bench.pin else 'no CPU pinning'}.",
+        f"Command: `{command}` ({elapsed:.0f} s)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="partner-proxy vs nginx vs bare aiohttp, on 127.0.0.1. See bench/README.md.")
+    p.add_argument("--quick", action="store_true", help="1 repetition, 3 s closed-loop runs, 5 s fixed-rate runs (~1 minute)")
+    p.add_argument("--reps", type=int, help="interleaved repetitions (default 3; 1 with --quick)")
+    p.add_argument("--duration", type=float, help="seconds per closed-loop wrk run (default 10; 3 with --quick)")
+    p.add_argument("--warmup", type=float, help="seconds of wrk warm-up before each run (default 2; 1 with --quick)")
+    p.add_argument("--rate", type=float, default=500.0, help="fixed-rate requests per second (default %(default)s)")
+    p.add_argument("--rate-duration", type=float, help="seconds per fixed-rate run (default 10; 5 with --quick)")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections (default %(default)s)")
+    p.add_argument("--memory", action="store_true", help="also send 100,000 more requests to the sidecar and report its RSS")
+    p.add_argument("--memory-requests", type=int, default=100_000, help=argparse.SUPPRESS)
+    p.add_argument("--config", default="config/routes.yaml", help="sidecar routes file (default %(default)s)")
+    p.add_argument("--errors", default="config/errors.yaml", help="sidecar errors file (default %(default)s)")
+    p.add_argument("--commlog", choices=("file", "devnull"), default="file", help="where the sidecar's stdout goes (default: a file)")
+    p.add_argument("--server-cpu", default="0", help="CPU list for the measured servers (default %(default)s)")
+    p.add_argument("--upstream-cpu", default="0", help="CPU list for the upstream nginx (default %(default)s)")
+    p.add_argument("--client-cpu", default="1", help="CPU list for wrk and the fixed-rate client (default %(default)s)")
+    p.add_argument("--aux-cpu", default="1", help="CPU list for redis-server (default %(default)s)")
+    p.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    p.add_argument("--no-install", action="store_true", help="refuse instead of apt-get installing missing tools")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.reps = a.reps if a.reps is not None else (1 if q else 3)
+    a.duration = a.duration if a.duration is not None else (3.0 if q else 10.0)
+    a.warmup = a.warmup if a.warmup is not None else (1.0 if q else 2.0)
+    a.rate_duration = a.rate_duration if a.rate_duration is not None else (5.0 if q else 10.0)
+    if a.reps < 1 or a.duration <= 0 or a.rate <= 0:
+        p.error("--reps, --duration and --rate must be positive")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python bench/run.py" + ("" if not (argv or sys.argv[1:]) else " " + shlex.join(argv if argv is not None else sys.argv[1:]))
+    t0 = time.monotonic()
+
+    def on_term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM: same clean-up as Ctrl-C
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        ensure_tools(not args.no_install)
+    except BenchError as exc:
+        print(f"bench: cannot run: {exc}", file=sys.stderr)
+        return 2
+    bench = Bench(args)
+    try:
+        bench.run()
+        summary = summarize(bench)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; stopping everything it started", file=sys.stderr)
+        return 130
+    finally:
+        # Everything it started, by PID, never by name; then the temp dir.
+        with contextlib.suppress(KeyboardInterrupt):
+            bench.stop()
+    elapsed = time.monotonic() - t0
+    report = render(bench, summary, command, elapsed)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.md").write_text(report)
+    raw = {"args": vars(args), "command": command, "machine": machine(), "memory": bench.memory, "sanity": bench.sanity,
+           "summary": summary, "runs": {t.name: t.runs for t in bench.targets}}
+    (RESULTS / "latest.json").write_text(json.dumps(raw, indent=1, default=str))
+    print(report)
+    flagged = [n for n, s in summary.items() if s["errors"] or s["fx_errors"]]
+    if flagged:
+        print(f"targets with errors: {', '.join(flagged)} (details above; sidecar stderr in bench/results/sidecar-stderr.log)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

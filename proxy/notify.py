@@ -1,0 +1,467 @@
+"""Error notifications to Slack, Datadog and New Relic, off the request path.
+
+Why a queue and a worker: a notification is a side effect of an error, and the error answer to the
+app must not wait for (or fail because of) a chat webhook. ``emit`` is synchronous and only does
+dict and queue bookkeeping; one worker task owns the HTTP session and posts to every sink.
+
+Why deduplication lives in ``emit`` (before the queue): a partner outage produces the same error
+for every request. Collapsing identical events before they are queued keeps the bounded queue for
+*distinct* events, so a storm of one kind cannot push out a breaker-open message.
+
+Deduplication, per key ``(kind, type, cluster)`` with window ``W = config.dedup_window``:
+
+- the first event of a key is queued at once and opens a window ``[t0, t0 + W)``;
+- identical events inside the window are not queued; they are counted (metric
+  ``notifications{sink="dedup",result="suppressed"}``) and the latest one is remembered;
+- when the window has passed and at least one event was suppressed, exactly one message carries
+  ``suppressed: N`` ("and N more like it in the last W s"). Whichever comes first delivers it:
+  the next event of that key (its own message carries the count), or the worker's periodic check
+  (every ``tick_interval`` seconds, a summary message built from the last suppressed event), or
+  ``stop()`` (pending counts are sent early so a shutdown does not lose them). Sending a message
+  that carries a count opens a new window, so a steady storm yields at most one message per key
+  per window and every suppressed event is reported exactly once;
+- a window that passed with nothing suppressed is forgotten: the next event goes out at once.
+
+Secrets: API keys live only in ``Secret`` objects and are revealed only into request headers.
+Slack webhook URLs are credentials too, so nothing here logs a URL or an exception's text (aiohttp
+errors embed the URL); logs name the sink and the exception class only, and ``repr`` shows sink
+names only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from proxy.config.models import NotificationsConfig, Secret, SinkConfig
+from proxy.metrics import Metrics
+
+_MAX_FIELD = 200          # payload strings are capped: request ids are request input
+_SOURCE = "partner-proxy"
+_NR_EVENT_TYPE = "PartnerProxyNotification"
+
+KIND_BREAKER_OPEN = "breaker_open"
+KIND_TOKEN_FAILING = "token_fetch_failing"
+KIND_PARTNER_ERROR = "partner_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing worth telling a human about. Every field except ``request_id`` comes from config."""
+
+    kind: str              # "breaker_open" | "token_fetch_failing" | "partner_error"
+    cluster: str           # cluster or provider name (from config, never request input)
+    type: str              # error type, e.g. "CircuitBreakerError", "AuthenticationFailure", "ProductClosedException"
+    title: str             # short human text
+    partner_code: str | None = None
+    request_id: str | None = None
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What the worker posts: an event plus how many identical events were folded into it.
+
+    ``summary`` is true when no new event triggered the message (window end or shutdown): then
+    ``event`` is the last suppressed one, itself already counted in ``suppressed``.
+    """
+
+    event: Event
+    suppressed: int = 0
+    window: float = 0.0
+    summary: bool = False
+
+
+@dataclass(slots=True)
+class _Window:
+    """Dedup state of one key: when its window opened, what it swallowed since, the latest swallowed."""
+
+    opened: float
+    suppressed: int = 0
+    last: Event | None = None
+
+
+def _cap(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value if len(value) <= _MAX_FIELD else value[: _MAX_FIELD - 1] + "…"
+
+
+def _seconds(window: float) -> str:
+    return f"{window:g} s"
+
+
+def _headline(msg: Message) -> str:
+    """The one-line human text shared by every sink."""
+    ev = msg.event
+    title = _cap(ev.title) or ev.type
+    if msg.summary:
+        return f"{title}: {msg.suppressed} more like it in the last {_seconds(msg.window)}"
+    if msg.suppressed:
+        return f"{title} (and {msg.suppressed} more like it in the last {_seconds(msg.window)})"
+    return title
+
+
+def _details(msg: Message) -> list[tuple[str, str]]:
+    ev = msg.event
+    rows = [("kind", ev.kind), ("cluster", ev.cluster), ("type", ev.type)]
+    if ev.partner_code:
+        rows.append(("partner_code", ev.partner_code))
+    if ev.request_id:
+        rows.append(("request_id", ev.request_id))
+    if ev.count != 1:
+        rows.append(("count", str(ev.count)))
+    if msg.suppressed:
+        rows.append(("suppressed", str(msg.suppressed)))
+    return [(k, _cap(v) or "") for k, v in rows]
+
+
+class Sink:
+    """One destination. Subclasses say how a ``Message`` becomes a request; posting is shared.
+
+    The URL and key are held but never shown: ``repr`` gives the sink name only.
+    """
+
+    name = "sink"
+
+    def __init__(self, url: str, api_key: Secret = Secret("")) -> None:
+        self._url = url
+        self._key = api_key
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    __str__ = __repr__
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self, msg: Message) -> Any:
+        raise NotImplementedError
+
+    async def post(self, session: aiohttp.ClientSession, msg: Message) -> None:
+        """Raise on anything but a 2xx answer. Redirects are not followed: a redirect would carry the key elsewhere."""
+        async with session.post(self._url, json=self.body(msg), headers=self.headers(), allow_redirects=False) as resp:
+            await resp.read()
+            if not 200 <= resp.status < 300:
+                raise _HttpStatus(resp.status)
+
+
+class _HttpStatus(Exception):
+    """A sink answered with a non-2xx status (only the number travels: bodies may echo input)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _slack_escape(text: str) -> str:
+    # Slack treats & < > as control characters (links, mentions); escape so text stays text.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class SlackSink(Sink):
+    """Slack incoming webhook: the URL itself is the credential."""
+
+    name = "slack"
+
+    def body(self, msg: Message) -> dict[str, Any]:
+        lines = [f"*{_slack_escape(_headline(msg))}*"]
+        lines += [f"{k}: `{_slack_escape(v)}`" for k, v in _details(msg)]
+        return {"text": "\n".join(lines)}
+
+
+class DatadogSink(Sink):
+    """Datadog Events API v1 (``POST /api/v1/events`` with ``DD-API-KEY``)."""
+
+    name = "datadog"
+
+    def headers(self) -> dict[str, str]:
+        return {"DD-API-KEY": self._key.reveal()}
+
+    def body(self, msg: Message) -> dict[str, Any]:
+        ev = msg.event
+        tags = [f"cluster:{ev.cluster}", f"type:{ev.type}"]
+        if ev.partner_code:
+            tags.append(f"partner_code:{_cap(ev.partner_code)}")
+        tags.append(f"kind:{ev.kind}")
+        text = "\n".join(f"{k}: {v}" for k, v in _details(msg))
+        return {
+            "title": _headline(msg)[:100],
+            "text": text,
+            "alert_type": "warning" if ev.kind == KIND_PARTNER_ERROR else "error",
+            "source_type_name": _SOURCE,
+            "tags": tags,
+            "aggregation_key": f"{ev.kind}:{ev.cluster}:{ev.type}"[:100],
+        }
+
+
+class NewRelicSink(Sink):
+    """New Relic Event API (``POST /v1/accounts/<id>/events``).
+
+    The Event API's documented header for an Insert key is ``X-Insert-Key``. Attribute values may
+    only be strings or numbers, so absent optional fields are left out rather than sent as null.
+    """
+
+    name = "newrelic"
+    header = "X-Insert-Key"
+
+    def headers(self) -> dict[str, str]:
+        return {self.header: self._key.reveal()}
+
+    def body(self, msg: Message) -> list[dict[str, Any]]:
+        ev = msg.event
+        event: dict[str, Any] = {
+            "eventType": _NR_EVENT_TYPE,
+            "kind": ev.kind,
+            "cluster": ev.cluster,
+            "type": ev.type,
+            "count": ev.count,
+            "suppressed": msg.suppressed,
+            "title": _headline(msg),
+        }
+        if ev.partner_code:
+            event["partnerCode"] = _cap(ev.partner_code)
+        if ev.request_id:
+            event["requestId"] = _cap(ev.request_id)
+        return [event]
+
+
+def build_sinks(config: NotificationsConfig) -> list[Sink]:
+    """The sinks that are on: a URL, and for Datadog and New Relic a key too (half-configured means off)."""
+    sinks: list[Sink] = []
+    if config.slack.enabled:
+        sinks.append(SlackSink(config.slack.url))
+    for cls, sc in ((DatadogSink, config.datadog), (NewRelicSink, config.newrelic)):
+        if _keyed(sc):
+            sinks.append(cls(sc.url, sc.api_key))
+    return sinks
+
+
+def _keyed(sc: SinkConfig) -> bool:
+    return sc.enabled and bool(sc.api_key)
+
+
+class Notifier:
+    """One bounded queue, one worker, every configured sink; see the module docstring for dedup."""
+
+    def __init__(self, config: NotificationsConfig, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._sinks = build_sinks(config)
+        self._log = logging.getLogger("proxy.notify")
+        self._windows: dict[tuple[str, str, str], _Window] = {}
+        self._queue: asyncio.Queue[Message] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        # How often the worker looks for windows that ended with a pending suppressed count.
+        # Real seconds, independent of the injected clock; tests lower it.
+        self.tick_interval = 1.0
+
+    def __repr__(self) -> str:
+        state = "running" if self._worker is not None and not self._worker.done() else "idle"
+        return f"<Notifier sinks={[s.name for s in self._sinks]} {state}>"
+
+    __str__ = __repr__
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any sink is configured; when not, ``emit`` does nothing at all."""
+        return bool(self._sinks)
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return tuple(self._sinks)
+
+    def queued(self) -> int:
+        """Messages waiting for the worker (bounded by ``config.queue_size``)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    # ---- producer side: sync, on the event loop, never raises --------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Queue ``event`` for the sinks unless deduplicated; drop (and count) if that is impossible.
+
+        Called from request paths and breaker listeners, so it never blocks and never raises.
+        """
+        if not self._sinks:
+            return
+        try:
+            self._emit(event)
+        except Exception as exc:  # a notification must never become a request failure
+            self._count("queue", "dropped")
+            self._log.warning("notification dropped: %s", type(exc).__name__)
+
+    def _emit(self, event: Event) -> None:
+        queue = self._queue
+        if queue is None or self._closed or not self._on_loop():
+            self._count("queue", "dropped")
+            return
+        key = (event.kind, event.type, event.cluster)
+        now = self._clock()
+        win = self._windows.get(key)
+        window = self._config.dedup_window
+        if win is not None and now - win.opened < window:
+            win.suppressed += 1
+            win.last = event
+            self._count("dedup", "suppressed")
+            return
+        carried = win.suppressed if win is not None else 0
+        msg = Message(event, suppressed=carried, window=window)
+        try:
+            queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            # Window state is left as it was: a pending count still goes out with a later message.
+            self._count("queue", "dropped")
+            return
+        self._windows[key] = _Window(opened=now)
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def breaker_opened(self, cluster: str) -> None:
+        """``Hooks.breaker_opened`` target."""
+        self.emit(Event(KIND_BREAKER_OPEN, cluster, "CircuitBreakerError", f"Circuit breaker for {cluster} opened"))
+
+    def token_fetch_failed(self, provider: str, reason: str, consecutive: int) -> None:
+        """``Hooks.token_fetch_failed`` target: one failure is noise, a run of them is an outage."""
+        if consecutive < self._config.token_failure_threshold:
+            return
+        self.emit(
+            Event(
+                KIND_TOKEN_FAILING,
+                provider,
+                "AuthenticationFailure",
+                f"Token fetch for {provider} failing: {reason} ({consecutive} in a row)",
+                count=consecutive,
+            )
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the session and the worker; a notifier without sinks starts nothing."""
+        if not self._sinks or self._worker is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue(maxsize=self._config.queue_size)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._config.timeout),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": _SOURCE},
+        )
+        self._closed = False
+        self._worker = asyncio.create_task(self._run(), name="partner-proxy-notifier")
+
+    async def stop(self, flush_timeout: float = 2.0) -> None:
+        """Deliver what is queued and any pending suppressed counts within ``flush_timeout``, then cancel.
+
+        Whatever is still queued when time runs out is counted as dropped.
+        """
+        if self._worker is None:
+            return
+        self._closed = True  # emit drops from here on
+        queue = self._queue
+        assert queue is not None
+        try:
+            async with asyncio.timeout(flush_timeout):
+                await queue.join()
+                for msg in self._due(force=True):
+                    await self._deliver(msg)
+        except TimeoutError:
+            pass
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        left = queue.qsize()
+        while not queue.empty():
+            queue.get_nowait()
+            queue.task_done()
+        if left:
+            self._metrics.notifications.labels("queue", "dropped").inc(left)
+            self._log.warning("%d notifications dropped at shutdown", left)
+        self._worker = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ---- worker ------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        while True:
+            try:
+                async with asyncio.timeout(self.tick_interval):
+                    msg = await queue.get()
+            except TimeoutError:
+                msg = None
+            try:
+                if msg is not None:
+                    try:
+                        await self._deliver(msg)
+                    finally:
+                        queue.task_done()
+                for summary in self._due(force=False):
+                    await self._deliver(summary)
+            except Exception as exc:  # a dead worker would silently turn every later emit into a drop
+                self._log.error("notification worker error: %s", type(exc).__name__)
+
+    def _due(self, *, force: bool) -> list[Message]:
+        """Summaries for windows that ended with suppressed events (all pending ones when ``force``).
+
+        A summary opens a fresh window for its key; a window that ended empty is forgotten.
+        """
+        now = self._clock()
+        window = self._config.dedup_window
+        out: list[Message] = []
+        for key, win in list(self._windows.items()):
+            ended = now - win.opened >= window
+            if win.suppressed and win.last is not None and (ended or force):
+                out.append(Message(win.last, suppressed=win.suppressed, window=window, summary=True))
+                self._windows[key] = _Window(opened=now)
+            elif ended:
+                del self._windows[key]
+        return out
+
+    async def _deliver(self, msg: Message) -> None:
+        """Post one message to every sink at once: a hanging sink holds only itself, up to the timeout."""
+        session = self._session
+        if session is None:
+            return
+        await asyncio.gather(*(self._post(sink, session, msg) for sink in self._sinks))
+
+    async def _post(self, sink: Sink, session: aiohttp.ClientSession, msg: Message) -> None:
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                await sink.post(session, msg)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            self._count(sink.name, "timeout")
+            self._log.warning("notification to %s timed out after %gs", sink.name, self._config.timeout)
+        except _HttpStatus as exc:
+            self._count(sink.name, "failure")
+            self._log.warning("notification to %s failed: HTTP %d", sink.name, exc.status)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never out of the worker; the text may hold the URL, so log the class only
+            self._count(sink.name, "failure")
+            self._log.warning("notification to %s failed: %s", sink.name, type(exc).__name__)
+        else:
+            self._count(sink.name, "success")
+
+    def _count(self, sink: str, result: str) -> None:
+        self._metrics.notifications.labels(sink, result).inc()
+

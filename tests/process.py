@@ -1,0 +1,115 @@
+"""Run ``partner-proxy serve`` as a real subprocess on free loopback ports, for process-level tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+from tests.helpers import ERRORS, JSON_HEADERS, ROOT, ROUTES, sandbox_env
+from tests.redis_server import free_port
+
+
+class Sidecar:
+    def __init__(self, sandbox_url: str, redis_url: str = "", *, routes: Path = ROUTES, errors: Path = ERRORS, **env: str) -> None:
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.routes, self.errors = routes, errors
+        self.env = {
+            **os.environ,
+            **sandbox_env(sandbox_url, redis_url),
+            "PROXY_LISTEN": f"127.0.0.1:{self.port}",
+            "PROXY_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+            **env,
+        }
+        self.dir = Path(tempfile.mkdtemp(prefix="pp-sidecar-"))
+        self.stdout_path = self.dir / "stdout.log"
+        self.stderr_path = self.dir / "stderr.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/products"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    async def start(self, timeout: float = 20.0) -> Sidecar:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(self.routes), "--errors", str(self.errors)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.stdout_path.open("wb"),
+            stderr=self.stderr_path.open("wb"),
+        )
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as s:
+            while asyncio.get_running_loop().time() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"sidecar exited {self.proc.returncode}: {self.stderr()}")
+                try:
+                    async with s.get(self.admin + "/readyz") as r:
+                        if r.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"sidecar not ready in {timeout}s: {self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.proc.poll() is None:
+            if asyncio.get_running_loop().time() > deadline:
+                self.kill()
+                raise RuntimeError("sidecar did not exit")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    async def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)  # a second signal ends the drain at once
+        return await self.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    async def metrics(self, session: aiohttp.ClientSession) -> str:
+        async with session.get(self.admin + "/metrics") as r:
+            return await r.text()
+
+
+async def get_products(session: aiohttp.ClientSession, sidecar: Sidecar, query: str = "", **headers: str) -> tuple[int, dict[str, object] | None]:
+    async with session.get(sidecar.url + query, headers={**JSON_HEADERS, **headers}) as r:
+        body = await r.json(content_type=None)
+        return r.status, body
+
+
+def metric_value(text: str, prefix: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
