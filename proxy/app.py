@@ -19,6 +19,7 @@ from proxy.commlog import CommunicationLog
 from proxy.config import LoadedConfig
 from proxy.listener import Listener
 from proxy.metrics import Metrics
+from proxy.notify import Notifier
 from proxy.runtime import Resources
 from proxy.state import STATE, ProxyState
 
@@ -30,7 +31,8 @@ log = logging.getLogger("proxy.app")
 def build_state(loaded: LoadedConfig, *, registry: CollectorRegistry | None = None, log_stream: IO[str] | None = None) -> ProxyState:
     metrics = Metrics(registry)
     commlog = CommunicationLog(stream=log_stream, redact_fields=loaded.proxy.log.redact_fields, level=loaded.proxy.log.level)
-    return ProxyState(loaded=loaded, metrics=metrics, commlog=commlog)
+    notifier = Notifier(loaded.proxy.notifications, metrics)
+    return ProxyState(loaded=loaded, metrics=metrics, commlog=commlog, notifier=notifier)
 
 
 def build_data_app(state: ProxyState) -> web.Application:
@@ -40,12 +42,14 @@ def build_data_app(state: ProxyState) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         state.commlog.start()
-        state.resources = Resources(state.metrics)
+        await state.notifier.start()
+        state.resources = Resources(state.metrics, state.hooks())
         state.runtime = state.resources.build(state.loaded)
         try:
             yield
         finally:
             await state.resources.close()
+            await state.notifier.stop()
             state.commlog.stop()
 
     app.cleanup_ctx.append(resources)

@@ -80,6 +80,21 @@ class CommunicationLog:
     def _scrub(self, record: dict[str, Any]) -> dict[str, Any]:
         return {k: (REDACTED if k.lower() in self.redact and v else v) for k, v in record.items()}
 
+    def body_excerpt(self, body: bytes, limit: int) -> str:
+        """A captured body, capped and with configured sensitive JSON fields redacted (opt-in only)."""
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return body[:limit].decode("utf-8", "replace")
+        return json.dumps(self._redact_json(doc), ensure_ascii=False)[:limit]
+
+    def _redact_json(self, doc: Any) -> Any:
+        if isinstance(doc, dict):
+            return {k: (REDACTED if k.lower() in self.redact else self._redact_json(v)) for k, v in doc.items()}
+        if isinstance(doc, list):
+            return [self._redact_json(v) for v in doc]
+        return doc
+
     def write(self, event: str, fields: dict[str, Any], level: int = logging.INFO) -> None:
         if not self._logger.isEnabledFor(level):
             return

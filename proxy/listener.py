@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.commlog import CommunicationLog
+from proxy.config.models import LogConfig
 from proxy.errors import ProxyError, RouteNotFound, TokenUnavailable
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.metrics import Metrics
@@ -67,6 +68,13 @@ class Listener:
             started=started,
         )
         self._prepare_upstream(ex, route)
+        if self._commlog.debug_enabled:
+            self._commlog.write(
+                "partner_call_start",
+                {"request_id": request_id, "traceparent": ex.traceparent, "route": route.name, "cluster": route.cluster, "method": request.method},
+                logging.DEBUG,
+            )
+        upstream: UpstreamResponse | None = None
         try:
             if request.method in _BODY_METHODS and request.body_exists:
                 ex.body = await request.read()
@@ -80,7 +88,7 @@ class Listener:
             response = self._answer(ex, upstream)
         self._count(route.name, response.status, started)
         if ex.attempts:
-            self._log(ex, response.status)
+            self._log(ex, response.status, upstream, runtime.loaded.proxy.log)
         return response
 
     def _prepare_upstream(self, ex: Exchange, route: CompiledRoute) -> None:
@@ -124,26 +132,26 @@ class Listener:
             self._durations[route] = hist
         hist.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
 
-    def _log(self, ex: Exchange, status: int) -> None:
+    def _log(self, ex: Exchange, status: int, upstream: UpstreamResponse | None, cfg: LogConfig) -> None:
         request = ex.request
-        self._commlog.write(
-            "partner_call",
-            {
-                "request_id": ex.request_id,
-                "traceparent": ex.traceparent,
-                "route": ex.route.name,
-                "client_id": request.headers.get("X-Client-Id"),
-                "cluster": ex.route.cluster,
-                "method": request.method,
-                "upstream_path": ex.route.upstream_path,
-                "attempts": ex.attempts,
-                "status": status,
-                "partner_status": ex.partner_status,
-                "partner_code": ex.partner_code,
-                "error_type": ex.error_type,
-                "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
-                "token_source": ex.token_source,
-                "token_retried": ex.token_retried,
-                "breaker_state": ex.breaker_state,
-            },
-        )
+        fields: dict[str, object] = {
+            "request_id": ex.request_id,
+            "traceparent": ex.traceparent,
+            "route": ex.route.name,
+            "client_id": request.headers.get("X-Client-Id", "")[:128] or None,
+            "cluster": ex.route.cluster,
+            "method": request.method,
+            "upstream_path": ex.route.upstream_path,
+            "attempts": ex.attempts,
+            "status": status,
+            "partner_status": ex.partner_status,
+            "partner_code": ex.partner_code,
+            "error_type": ex.error_type,
+            "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
+            "token_source": ex.token_source,
+            "token_retried": ex.token_retried,
+            "breaker_state": ex.breaker_state,
+        }
+        if cfg.capture_bodies and upstream is not None:
+            fields["response_body"] = self._commlog.body_excerpt(upstream.body, cfg.max_body_bytes)
+        self._commlog.write("partner_call", fields)

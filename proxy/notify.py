@@ -238,10 +238,10 @@ def build_sinks(config: NotificationsConfig) -> list[Sink]:
     """The sinks that are on: a URL, and for Datadog and New Relic a key too (half-configured means off)."""
     sinks: list[Sink] = []
     if config.slack.enabled:
-        sinks.append(SlackSink(config.slack.url))
+        sinks.append(SlackSink(config.slack.url.reveal()))
     for cls, sc in ((DatadogSink, config.datadog), (NewRelicSink, config.newrelic)):
         if _keyed(sc):
-            sinks.append(cls(sc.url, sc.api_key))
+            sinks.append(cls(sc.url.reveal(), sc.api_key))
     return sinks
 
 

@@ -23,6 +23,7 @@ from proxy.filters.credentials import InjectCredentials
 from proxy.filters.error_rewrite import RewriteErrors
 from proxy.filters.validate import ValidateRequest
 from proxy.metrics import Metrics
+from proxy.notify import Event
 from proxy.oauth import RedisTokenStore, TokenProvider
 from proxy.routing import CompiledRoute, RouteTable
 from proxy.upstream.breaker import BreakerGuard
@@ -42,10 +43,12 @@ class Runtime:
 
 @dataclass
 class Hooks:
-    """Callbacks into notifications; no-ops until the notifier is wired."""
+    """Callbacks into notifications. They must stay valid across reloads (breakers and providers
+    outlive a config), so app assembly passes functions that look up the current notifier."""
 
     breaker_opened: Callable[[str], None] = lambda cluster: None
     token_fetch_failed: Callable[[str, str, int], None] = lambda provider, reason, n: None
+    partner_error: Callable[[Event], None] = lambda event: None
 
 
 class Resources:
@@ -117,7 +120,7 @@ class Resources:
             filters: list[Filter] = [ValidateRequest(r.methods, r.require)]
             if cluster.config.credentials:
                 filters.append(InjectCredentials(providers[cluster.config.credentials]))
-            filters.append(RewriteErrors(cluster.name, table, self.metrics))
+            filters.append(RewriteErrors(cluster.name, table, self.metrics, self.hooks.partner_error))
             url = URL(cluster.config.base_url + r.upstream.path, encoded=False)
             chain = build_chain(filters, Forwarder(cluster, url))
             routes.append(

@@ -12,7 +12,8 @@ from proxy.commlog import CommunicationLog
 from proxy.config import LoadedConfig, load_config
 from proxy.errors import ConfigError
 from proxy.metrics import Metrics
-from proxy.runtime import Resources, Runtime
+from proxy.notify import Notifier
+from proxy.runtime import Hooks, Resources, Runtime
 
 log = logging.getLogger("proxy.state")
 
@@ -24,6 +25,7 @@ class ProxyState:
     loaded: LoadedConfig
     metrics: Metrics
     commlog: CommunicationLog
+    notifier: Notifier
     resources: Resources | None = None
     runtime: Runtime | None = None
     data_up: bool = False
@@ -55,11 +57,26 @@ class ProxyState:
                 self.metrics.config_reloads.labels("failure").inc()
                 log.exception("config reload failed, keeping the running config")
                 return False
+            if loaded.proxy.notifications != self.loaded.proxy.notifications:
+                await self.replace_notifier(Notifier(loaded.proxy.notifications, self.metrics))
             self.loaded, self.runtime = loaded, runtime  # one assignment each; requests hold their own
             self.metrics.config_reloads.labels("success").inc()
             await self.resources.close_retired()
             log.info("config reloaded from %s and %s", routes_path, errors_path)
             return True
+
+    def hooks(self) -> Hooks:
+        """Hooks that always reach the *current* notifier, so a reload can replace it."""
+        return Hooks(
+            breaker_opened=lambda cluster: self.notifier.breaker_opened(cluster),
+            token_fetch_failed=lambda provider, reason, n: self.notifier.token_fetch_failed(provider, reason, n),
+            partner_error=lambda event: self.notifier.emit(event),
+        )
+
+    async def replace_notifier(self, new: Notifier) -> None:
+        old, self.notifier = self.notifier, new
+        await new.start()
+        await old.stop()
 
 
 STATE = web.AppKey("proxy_state", ProxyState)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from tests.receivers import Receiver, start_receiver
 from tests.redis_server import RedisServer
 
 
@@ -30,3 +32,11 @@ async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
     finally:
         await client.aclose()
     yield redis_server.url
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
+    """Loopback stand-ins for the three notification sinks, recording every post."""
+    rec = await start_receiver(aiohttp_server)
+    yield rec
+    rec.release.set()  # let hanging handlers finish before the server shuts down

@@ -7,71 +7,19 @@ through ``Notifier.tick_interval`` so tests stay fast. No test asserts timings.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.config.models import BreakerConfig, NotificationsConfig, Secret, SinkConfig
 from proxy.errors import CircuitOpen
 from proxy.metrics import Metrics
 from proxy.notify import Event, Notifier
 from proxy.upstream.breaker import BreakerGuard
-
-SLACK_PATH = "/services/T0SECRETTEAM/B0SECRETHOOK/sl4ckW3bh00kS3cretPath"
-DD_PATH = "/api/v1/events"
-NR_PATH = "/v1/accounts/4242/events"
-DD_KEY = "dd-api-key-0123456789abcdef"
-NR_KEY = "nr-insert-key-NRII-fedcba9876543210"
-SECRETS = (DD_KEY, NR_KEY, "sl4ckW3bh00kS3cretPath", "B0SECRETHOOK", "T0SECRETTEAM")
-
-
-@dataclass
-class Recorded:
-    path: str
-    headers: dict[str, str]
-    raw: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.raw)
-
-
-@dataclass
-class Receiver:
-    """Records every POST per sink; ``mode[sink]`` is "ok", "500" or "hang"."""
-
-    server: TestServer | None = None
-    got: dict[str, list[Recorded]] = field(default_factory=lambda: {"slack": [], "datadog": [], "newrelic": []})
-    mode: dict[str, str] = field(default_factory=lambda: {"slack": "ok", "datadog": "ok", "newrelic": "ok"})
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def url(self, path: str) -> str:
-        assert self.server is not None
-        return str(self.server.make_url(path))
-
-    def handler(self, sink: str) -> Callable[[web.Request], Any]:
-        async def handle(request: web.Request) -> web.Response:
-            raw = await request.read()
-            self.got[sink].append(Recorded(request.path, dict(request.headers), raw))
-            mode = self.mode[sink]
-            if mode == "hang":
-                try:
-                    await asyncio.wait_for(self.release.wait(), timeout=2.0)
-                except TimeoutError:
-                    pass
-            if mode == "500":
-                return web.Response(status=500, text="boom")
-            return web.json_response({"status": "ok"}, status=202 if sink != "slack" else 200)
-
-        return handle
-
+from tests.receivers import DD_KEY, DD_PATH, NR_KEY, NR_PATH, SECRETS, SLACK_PATH, Receiver
 
 class FakeClock:
     def __init__(self) -> None:
@@ -81,17 +29,6 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/services/{rest:.*}", rec.handler("slack"))
-    app.router.add_post(DD_PATH, rec.handler("datadog"))
-    app.router.add_post(NR_PATH, rec.handler("newrelic"))
-    # No access log: the receiver plays Slack, and its own log of the webhook path is not ours to judge.
-    rec.server = await aiohttp_server(app, access_log=None)
-    yield rec
-    rec.release.set()  # let hanging handlers finish before the server shuts down
 
 
 @pytest.fixture
@@ -108,9 +45,9 @@ def full_config(rec: Receiver, **kw: Any) -> NotificationsConfig:
         timeout=0.3,
         queue_size=100,
         token_failure_threshold=3,
-        slack=SinkConfig(rec.url(SLACK_PATH)),
-        datadog=SinkConfig(rec.url(DD_PATH), Secret(DD_KEY)),
-        newrelic=SinkConfig(rec.url(NR_PATH), Secret(NR_KEY)),
+        slack=SinkConfig(Secret(rec.url(SLACK_PATH))),
+        datadog=SinkConfig(Secret(rec.url(DD_PATH)), Secret(DD_KEY)),
+        newrelic=SinkConfig(Secret(rec.url(NR_PATH)), Secret(NR_KEY)),
     )
     base.update(kw)
     return NotificationsConfig(**base)
@@ -326,9 +263,9 @@ async def test_queue_overflow_counts_dropped(receiver: Receiver, notifiers: list
 async def test_disabled_sinks_make_no_requests(receiver: Receiver, notifiers: list[Notifier]) -> None:
     metrics = Metrics()
     only_slack = NotificationsConfig(
-        slack=SinkConfig(receiver.url(SLACK_PATH)),
-        datadog=SinkConfig(receiver.url(DD_PATH)),  # no key: off even if the loader let it through
-        newrelic=SinkConfig("", Secret(NR_KEY)),  # no URL: off
+        slack=SinkConfig(Secret(receiver.url(SLACK_PATH))),
+        datadog=SinkConfig(Secret(receiver.url(DD_PATH))),  # no key: off even if the loader let it through
+        newrelic=SinkConfig(Secret(""), Secret(NR_KEY)),  # no URL: off
     )
     n = await started(notifiers, only_slack, metrics)
     assert [s.name for s in n.sinks] == ["slack"]
@@ -372,7 +309,7 @@ async def test_no_secret_in_payloads_reprs_or_logs(receiver: Receiver, notifiers
     # Every failure path at once: Slack answers 500, Datadog hangs, New Relic's URL refuses connections.
     receiver.mode.update(slack="500", datadog="hang")
     refused = f"http://127.0.0.1:1/v1/accounts/4242/events?key={NR_KEY}"
-    cfg = full_config(receiver, timeout=0.2, newrelic=SinkConfig(refused, Secret(NR_KEY)))
+    cfg = full_config(receiver, timeout=0.2, newrelic=SinkConfig(Secret(refused), Secret(NR_KEY)))
     n = await started(notifiers, cfg, metrics, clock=clock)
     for text in (repr(n), str(n), *(repr(s) for s in n.sinks), *(str(s) for s in n.sinks)):
         assert not any(secret in text for secret in SECRETS), text

@@ -284,27 +284,20 @@ def _route(ctx: _Ctx, i: int, s: _Section) -> RouteConfig | None:
     return RouteConfig(name=name, path=path, methods=methods, require=require, upstream=upstream)
 
 
-def _sink(s: _Section, url_key: str) -> SinkConfig:
-    cfg = SinkConfig(url=s.string(url_key), api_key=Secret(s.string("api_key")))
-    if cfg.url:
-        _url(s, url_key)
+def _sink(s: _Section, url_key: str, *, keyed: bool = True) -> SinkConfig:
+    url = _url(s, url_key)
+    key = Secret(s.string("api_key")) if keyed else Secret("")
     s.finish()
-    return cfg
+    # A sink needs both parts where the API needs a key; half-configured means off.
+    if not url or (keyed and not key):
+        return SinkConfig(Secret(""))
+    return SinkConfig(url=Secret(url), api_key=key)
 
 
 def _notifications(s: _Section) -> NotificationsConfig:
-    slack_s, dd_s, nr_s = s.section("slack"), s.section("datadog"), s.section("newrelic")
-    slack = SinkConfig(url=slack_s.string("webhook_url"))
-    if slack.url:
-        _url(slack_s, "webhook_url")
-    slack_s.finish()
-    datadog = _sink(dd_s, "api_url")
-    newrelic = _sink(nr_s, "api_url")
-    # A sink needs both parts where the API needs a key; half-configured means off.
-    if not datadog.api_key:
-        datadog = SinkConfig("")
-    if not newrelic.api_key:
-        newrelic = SinkConfig("")
+    slack = _sink(s.section("slack"), "webhook_url", keyed=False)
+    datadog = _sink(s.section("datadog"), "api_url")
+    newrelic = _sink(s.section("newrelic"), "api_url")
     cfg = NotificationsConfig(
         dedup_window=s.duration("dedup_window", 60.0),
         timeout=s.duration("timeout", 5.0),

@@ -135,7 +135,7 @@ class RouteConfig:
 
 @dataclass(frozen=True, slots=True)
 class SinkConfig:
-    url: str
+    url: Secret                          # a Slack webhook URL is itself a credential
     api_key: Secret = Secret("")
 
     @property
@@ -149,9 +149,9 @@ class NotificationsConfig:
     timeout: float = 5.0
     queue_size: int = 1000
     token_failure_threshold: int = 3     # consecutive token-fetch failures before notifying
-    slack: SinkConfig = SinkConfig("")
-    datadog: SinkConfig = SinkConfig("")
-    newrelic: SinkConfig = SinkConfig("")
+    slack: SinkConfig = SinkConfig(Secret(""))
+    datadog: SinkConfig = SinkConfig(Secret(""))
+    newrelic: SinkConfig = SinkConfig(Secret(""))
 
 
 @dataclass(frozen=True, slots=True)

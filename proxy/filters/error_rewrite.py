@@ -7,10 +7,12 @@ read for its JSON:API ``errors[0].code``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from proxy.config.errors_table import ErrorTable
 from proxy.exchange import Exchange, Next, UpstreamResponse
 from proxy.metrics import Metrics, code_label
+from proxy.notify import KIND_PARTNER_ERROR, Event
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -34,10 +36,11 @@ def partner_code_of(response: UpstreamResponse) -> str | None:
 
 
 class RewriteErrors:
-    def __init__(self, cluster: str, table: ErrorTable, metrics: Metrics) -> None:
+    def __init__(self, cluster: str, table: ErrorTable, metrics: Metrics, notify: Callable[[Event], None] = lambda e: None) -> None:
         self.cluster = cluster
         self.table = table
         self.metrics = metrics
+        self.notify = notify
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         response = await next(ex)
@@ -56,4 +59,17 @@ class RewriteErrors:
         self.metrics.partner_errors.labels(self.cluster, code_label(code), match.rule.type).inc()
         if match.by == "default":
             self.metrics.unmapped.labels(self.cluster).inc()
+        if match.rule.notify:
+            label = code_label(code)  # the partner's code, shaped like a code; never free text
+            shown = label if code else f"HTTP {response.status}"
+            self.notify(
+                Event(
+                    kind=KIND_PARTNER_ERROR,
+                    cluster=self.cluster,
+                    type=match.rule.type,
+                    title=f"Partner error {shown} mapped to {match.rule.type} on cluster {self.cluster}",
+                    partner_code=label if code else None,
+                    request_id=ex.request_id,
+                )
+            )
         return response

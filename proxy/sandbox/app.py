@@ -51,7 +51,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal, cast, get_args
 from urllib.parse import unquote_plus
 
