@@ -3,7 +3,8 @@
 Request i is started at ``t0 + i / rate`` whatever happened to the earlier ones (open loop: a slow
 answer does not slow the sender down). Each request's latency is measured from the moment it is
 actually sent to the end of reading the body; how late the sender was against the schedule is
-reported separately as ``lag_*`` so a saturated client is visible instead of hidden. Prints one
+reported separately as ``lag_*`` so a saturated client is visible instead of hidden. The client's
+garbage collector is off during the measured window. Prints one
 JSON object on stdout. Used by ``bench/run.py`` (pinned to its own core with ``taskset``).
 
     python bench/fixed_rate.py --url http://127.0.0.1:8080/v1/products --rate 500 --duration 10 \
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import math
 import sys
@@ -44,6 +46,12 @@ async def load(url: str, headers: dict[str, str], rate: float, duration: float, 
         for _ in range(warmup):
             async with session.get(url, headers=headers) as resp:
                 await resp.read()
+
+        # Client-side GC pauses would be charged to whichever target is running: keep the collector
+        # out of the measured window (a few thousand requests allocate little).
+        gc.collect()
+        gc.freeze()
+        gc.disable()
 
         async def one(scheduled: float) -> None:
             start = time.perf_counter()
@@ -75,6 +83,7 @@ async def load(url: str, headers: dict[str, str], rate: float, duration: float, 
         if tasks:
             await asyncio.wait(set(tasks), timeout=timeout + 1)
         elapsed = send_end - t0
+        gc.enable()
 
     latencies.sort()
     lags.sort()

@@ -845,7 +845,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--errors", default="config/errors.yaml", help="sidecar errors file (default %(default)s)")
     p.add_argument("--commlog", choices=("file", "devnull"), default="file", help="where the sidecar's stdout goes (default: a file)")
     p.add_argument("--server-cpu", default="0", help="CPU list for the measured servers (default %(default)s)")
-    p.add_argument("--upstream-cpu", default="0", help="CPU list for the upstream nginx (default %(default)s)")
+    p.add_argument("--upstream-cpu", default="1",
+                   help="CPU list for the upstream nginx (default %(default)s: beside the load generator, so the Python targets get core 0 to themselves)")
     p.add_argument("--client-cpu", default="1", help="CPU list for wrk and the fixed-rate client (default %(default)s)")
     p.add_argument("--aux-cpu", default="1", help="CPU list for redis-server (default %(default)s)")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")

@@ -318,3 +318,39 @@ async def test_short_token_lifetimes_under_steady_traffic(aiohttp_server: Any, s
         for s in sidecars:
             await s.stop()
             shutil.rmtree(s.dir, ignore_errors=True)
+
+
+async def test_demo_serves_sandbox_products_and_prints_curls(session: aiohttp.ClientSession) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+    from tests.redis_server import free_port
+
+    port, admin, sandbox_port = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "demo", "--port", str(port), "--admin-port", str(admin), "--sandbox-port", str(sandbox_port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        assert b"demo is running" in first
+        url = f"http://127.0.0.1:{port}/v1/products"
+        async with session.get(url, headers={"Content-Type": "application/json", "X-Client-Id": "demo-app"}) as r:
+            assert r.status == 200
+            assert {p["id"] for p in (await r.json())["data"]} >= {"25k-xl"}
+        async with session.get(url + "?product_code=error-S03", headers={"Content-Type": "application/json", "X-Client-Id": "demo-app", "Accept-Language": "id"}) as r:
+            assert r.status == 503 and (await r.json())["error"]["message"] == "Produk sedang ditutup"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0
+    rest = proc.stdout.read().decode() if proc.stdout else ""
+    assert f"curl -s -H 'Content-Type: application/json' -H 'X-Client-Id: demo-app' http://127.0.0.1:{port}/v1/products" in rest
