@@ -73,6 +73,9 @@ class Metrics:
         self.config_reloads = Counter(p + "config_reloads", "Config reloads by result", ["result"], registry=r)
         self.notifications = Counter(p + "notifications", "Notifications by sink and result", ["sink", "result"], registry=r)
 
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)  # exist at 0, so increase() sees the first failure
+
     def set_breaker_state(self, cluster: str, state: str) -> None:
         for s in BREAKER_STATES:
             self.breaker_state.labels(cluster, s).set(1 if s == state else 0)

@@ -59,6 +59,8 @@ class Cluster:
         self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
         self.timeout = aiohttp.ClientTimeout(total=config.timeout, sock_connect=config.connect_timeout)
         self.inflight = 0
+        metrics.unmapped.labels(self.name)  # exists at 0, so increase() sees the first unmapped code
+        metrics.overflow.labels(self.name)
         self._session: aiohttp.ClientSession | None = None
 
     @property
