@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.config.models import Secret
 from proxy.state import STATE, ProxyState
@@ -72,7 +72,7 @@ def build_admin_app(state: ProxyState) -> web.Application:
         return web.json_response(body, status=200 if state.ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(state.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=state.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def config(request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(redacted_config(state), indent=2, default=str), content_type="application/json")

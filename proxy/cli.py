@@ -63,18 +63,24 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from proxy.server import Server
-
     try:
         loaded = load_config(args.config, args.errors)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_INVALID
     _setup_logging(loaded.proxy.log.level)
+    workers = getattr(args, "workers", 1)
+    if workers > 1:
+        from proxy.workers import run_workers
+
+        return run_workers(workers, args.config, args.errors)
+
+    from proxy.server import Server
+
     _use_uvloop()
 
     async def main() -> int:
-        return await Server(loaded).run(args.config, args.errors)
+        return await Server(loaded, reuse_port=getattr(args, "reuse_port", False)).run(args.config, args.errors)
 
     return asyncio.run(main())
 
@@ -199,12 +205,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partner-proxy", description="Envoy-style sidecar for partner APIs (Tokopedia B2B first).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the sidecar", description="Run the sidecar: data listener + admin listener.")
     _config_args(p)
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes sharing the ports with SO_REUSEPORT (default: %(default)s)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate the config files without binding a port", description="Validate routes.yaml and errors.yaml. Exit 0 when valid; otherwise print file:line: problem and exit 1.")

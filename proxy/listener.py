@@ -58,7 +58,7 @@ class Listener:
             response = error_response(RouteNotFound(request.path[:64]), language, request_id)
             self._count("unmatched", response.status, started)
             return response
-        language = pick_language(headers.get("Accept-Language"), route.languages, route.table.default_language)
+        language = route.language(headers.get("Accept-Language"))
         ex = Exchange(
             request=request,
             route=route,

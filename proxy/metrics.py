@@ -7,9 +7,12 @@ from a closed set (status codes, states, results), never from request input.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
 
 # Latency buckets for a sidecar: most answers are milliseconds, the partner timeout is ~10 s.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -26,11 +29,23 @@ def code_label(partner_code: str | None) -> str:
     return partner_code if _CODE_RE.match(partner_code) else "other"
 
 
+def multiprocess_dir() -> str | None:
+    """Set by ``serve --workers N``: every worker writes its samples there; a scrape sums them."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class Metrics:
-    """All collectors, built once per app on its own registry (tests build a fresh one each time)."""
+    """All collectors, built once per app on its own registry (tests build a fresh one each time).
+
+    With ``serve --workers N`` (prometheus-client multiprocess mode) counters and histograms are
+    summed over the workers at scrape time; the breaker-state and token-expiry gauges carry a
+    ``pid`` label per live worker, because each worker has its own breaker and token clock.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.multiprocess = multiprocess_dir() is not None
+        self._expiry_sources: dict[str, Callable[[], float]] = {}
         r = self.registry
         p = "partner_proxy_"
         self.requests = Counter(p + "requests", "Requests answered to the app", ["route", "status"], registry=r)
@@ -45,7 +60,8 @@ class Metrics:
             registry=r,
         )
         self.breaker_state = Gauge(
-            p + "circuit_breaker_state", "1 for the current breaker state, 0 for the others", ["cluster", "state"], registry=r
+            p + "circuit_breaker_state", "1 for the current breaker state, 0 for the others", ["cluster", "state"], registry=r,
+            multiprocess_mode="liveall",
         )
         self.breaker_transitions = Counter(
             p + "circuit_breaker_transitions", "Breaker state changes", ["cluster", "from", "to"], registry=r
@@ -57,7 +73,8 @@ class Metrics:
             p + "token_cache_lookups", "Where a token lookup was answered", ["provider", "layer"], registry=r
         )
         self.token_expiry = Gauge(
-            p + "token_expires_in_seconds", "Seconds until the current in-process token expires", ["provider"], registry=r
+            p + "token_expires_in_seconds", "Seconds until the current in-process token expires", ["provider"], registry=r,
+            multiprocess_mode="liveall",
         )
         self.redis_errors = Counter(p + "redis_errors", "Redis operations that failed", ["op"], registry=r)
         self.partner_errors = Counter(
@@ -75,6 +92,27 @@ class Metrics:
 
         for result in ("success", "failure"):
             self.config_reloads.labels(result)  # exist at 0, so increase() sees the first failure
+
+    def track_token_expiry(self, provider: str, seconds_left: Callable[[], float]) -> None:
+        """Live at scrape time in one process; in multiprocess mode refreshed by ``refresh_gauges``."""
+        if self.multiprocess:
+            self._expiry_sources[provider] = seconds_left
+            self.token_expiry.labels(provider).set(seconds_left())
+        else:
+            self.token_expiry.labels(provider).set_function(seconds_left)
+
+    def refresh_gauges(self) -> None:
+        for provider, seconds_left in self._expiry_sources.items():
+            self.token_expiry.labels(provider).set(seconds_left())
+
+    def exposition(self) -> bytes:
+        """The /metrics body: this process's registry, or every worker's samples in multiprocess mode."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self.refresh_gauges()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
 
     def set_breaker_state(self, cluster: str, state: str) -> None:
         for s in BREAKER_STATES:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from proxy.config.errors_table import ErrorTable
 from proxy.exchange import Next
+from proxy.tracing import LanguagePicker
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,7 @@ class CompiledRoute:
     table: ErrorTable                 # for languages of local errors on this route
     languages: frozenset[str]
     chain: Next
+    language: LanguagePicker          # Accept-Language -> one of the table's languages
 
 
 class RouteTable:

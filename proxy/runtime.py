@@ -26,6 +26,7 @@ from proxy.metrics import Metrics
 from proxy.notify import Event
 from proxy.oauth import RedisTokenStore, TokenProvider
 from proxy.routing import CompiledRoute, RouteTable
+from proxy.tracing import LanguagePicker
 from proxy.upstream.breaker import BreakerGuard
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.forwarder import Forwarder
@@ -133,6 +134,7 @@ class Resources:
                     table=table,
                     languages=frozenset(table.languages()),
                     chain=chain,
+                    language=LanguagePicker(frozenset(table.languages()), table.default_language),
                 )
             )
         return Runtime(loaded, RouteTable(routes), clusters, providers)

@@ -94,6 +94,7 @@ class Server:
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         watcher = loop.create_task(watch_files(self.state, routes_path, errors_path, self.stop))
+        gauges = loop.create_task(self._refresh_gauges()) if self.state.metrics.multiprocess else None
         if on_ready:
             on_ready()
         try:
@@ -101,11 +102,19 @@ class Server:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, gauges):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self.close()
         return 0
+
+    async def _refresh_gauges(self) -> None:
+        """Multiprocess mode: gauges computed at scrape time elsewhere are pushed once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.state.metrics.refresh_gauges()
 
     async def close(self) -> None:
         # The data runner's cleanup stops accepting, then waits for in-flight requests to finish.

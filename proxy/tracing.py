@@ -39,6 +39,29 @@ def child_traceparent(header: str | None) -> str:
     return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
 
 
+class LanguagePicker:
+    """``pick_language`` with a small memo: apps send the same few Accept-Language values."""
+
+    __slots__ = ("available", "default", "_memo")
+
+    MAX_MEMO = 256
+
+    def __init__(self, available: frozenset[str], default: str) -> None:
+        self.available = available
+        self.default = default
+        self._memo: dict[str, str] = {}
+
+    def __call__(self, header: str | None) -> str:
+        if not header:
+            return self.default
+        found = self._memo.get(header)
+        if found is None:
+            found = pick_language(header, self.available, self.default)
+            if len(self._memo) < self.MAX_MEMO and len(header) <= 200:
+                self._memo[header] = found
+        return found
+
+
 def pick_language(header: str | None, available: frozenset[str], default: str) -> str:
     """RFC 9110 Accept-Language with q-values; ``id-ID,id;q=0.9,en;q=0.8`` gives ``id``."""
     if not header:

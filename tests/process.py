@@ -17,10 +17,11 @@ from tests.redis_server import free_port
 
 
 class Sidecar:
-    def __init__(self, sandbox_url: str, redis_url: str = "", *, routes: Path = ROUTES, errors: Path = ERRORS, **env: str) -> None:
+    def __init__(self, sandbox_url: str, redis_url: str = "", *, routes: Path = ROUTES, errors: Path = ERRORS, args: tuple[str, ...] = (), **env: str) -> None:
         self.port = free_port()
         self.admin_port = free_port()
         self.routes, self.errors = routes, errors
+        self.args = args
         self.env = {
             **os.environ,
             **sandbox_env(sandbox_url, redis_url),
@@ -43,7 +44,7 @@ class Sidecar:
 
     async def start(self, timeout: float = 20.0) -> Sidecar:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(self.routes), "--errors", str(self.errors)],
+            [sys.executable, "-m", "proxy", "serve", "--config", str(self.routes), "--errors", str(self.errors), *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=self.stdout_path.open("wb"),

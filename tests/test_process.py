@@ -354,3 +354,22 @@ async def test_demo_serves_sandbox_products_and_prints_curls(session: aiohttp.Cl
     assert proc.returncode == 0
     rest = proc.stdout.read().decode() if proc.stdout else ""
     assert f"curl -s -H 'Content-Type: application/json' -H 'X-Client-Id: demo-app' http://127.0.0.1:{port}/v1/products" in rest
+
+
+async def test_two_workers_share_ports_metrics_and_one_token(start: StartFn, session: aiohttp.ClientSession, sandbox: TestServer, redis_url: str) -> None:
+    sidecar = await start(redis_url, args=("--workers", "2"))
+    # new connections per request so the kernel spreads them over both workers
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        results = await asyncio.gather(*(get_products(fresh, sidecar) for _ in range(200)))
+    assert [s for s, _ in results] == [200] * 200
+    assert partner(sandbox).token_requests == 1  # shared through Redis
+    text = await sidecar.metrics(session)
+    assert metric_value(text, 'partner_proxy_requests_total{route="get_products",status="200"}') == 200  # summed over workers
+    pids = {line.split('pid="')[1].split('"')[0] for line in text.splitlines() if line.startswith("partner_proxy_circuit_breaker_state{")}
+    assert len(pids) == 2  # one breaker per worker, each with exactly one state at 1
+    for pid in pids:
+        ones = [line for line in text.splitlines() if line.startswith("partner_proxy_circuit_breaker_state{") and f'pid="{pid}"' in line and line.endswith(" 1.0")]
+        assert len(ones) == 1 and 'state="closed"' in ones[0]
+    sidecar.signal(signal.SIGTERM)
+    sidecar.signal(signal.SIGTERM)
+    assert await sidecar.wait() == 0

@@ -119,7 +119,7 @@ class TokenProvider:
             left = provider.expires_in() if provider is not None else None
             return left if left is not None else 0.0
 
-        metrics.token_expiry.labels(name).set_function(seconds_left)
+        metrics.track_token_expiry(name, seconds_left)
 
     def __repr__(self) -> str:
         return f"TokenProvider(name={self._name!r})"

@@ -123,6 +123,8 @@ class BreakerGuard:
         if trial:
             self._trials -= 1
         state = self._breaker.current_state
+        if failure_kind is None and state == pybreaker.STATE_CLOSED and not self._breaker._state_storage.counter:
+            return  # the common case: nothing for pybreaker to reset or count (saves its locks and listeners)
         if state == pybreaker.STATE_OPEN:
             return  # another attempt already opened it; a late answer must not close or extend it
         if state == pybreaker.STATE_HALF_OPEN and not trial:
