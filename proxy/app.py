@@ -37,7 +37,12 @@ def build_state(loaded: LoadedConfig, *, registry: CollectorRegistry | None = No
 
 def build_data_app(state: ProxyState) -> web.Application:
     # client_max_size bounds downstream bodies; the GET route carries none.
-    app = web.Application(client_max_size=1024 * 1024, handler_args={"max_field_size": 8190, "max_line_size": 8190})
+    listener = Listener(state.current, state.metrics, state.commlog)
+    app = web.Application(
+        client_max_size=1024 * 1024,
+        handler_args={"max_field_size": 8190, "max_line_size": 8190},
+        middlewares=[listener.router_errors],
+    )
     app[STATE] = state
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -53,8 +58,7 @@ def build_data_app(state: ProxyState) -> web.Application:
             state.commlog.stop()
 
     app.cleanup_ctx.append(resources)
-    listener = Listener(state.current, state.metrics, state.commlog)
-    app.router.add_route("*", "/{tail:.*}", listener.handle)
+    app.router.add_route("*", "/{tail:.*}", listener.handle, expect_handler=listener.expect)
     return app
 
 

@@ -7,7 +7,9 @@
     │   ├── RouteNotFound           404
     │   ├── MethodNotAllowed        405 + Allow
     │   ├── UnsupportedMediaType    415
-    │   └── MissingHeader           400
+    │   ├── MissingHeader           400
+    │   ├── PayloadTooLarge         413
+    │   └── ExpectationFailed       417
     ├── LocalError                  the sidecar cannot serve it (origin "local")
     │   ├── CircuitOpen             503 CircuitBreakerError + Retry-After
     │   ├── ClusterOverflow         503 + Retry-After
@@ -40,6 +42,14 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
     "UNSUPPORTED_MEDIA_TYPE": {
         "en": "Content-Type must be application/json.",
         "id": "Content-Type harus application/json.",
+    },
+    "EXPECTATION_FAILED": {
+        "en": "The Expect header is not supported.",
+        "id": "Header Expect tidak didukung.",
+    },
+    "PAYLOAD_TOO_LARGE": {
+        "en": "The request body is too large.",
+        "id": "Isi permintaan terlalu besar.",
     },
     "MISSING_HEADER": {
         "en": "A mandatory header is missing.",
@@ -127,6 +137,14 @@ class MissingHeader(DownstreamError):
 
     def message(self, language: str) -> str:
         return f"{super().message(language)} ({self.header})"
+
+
+class ExpectationFailed(DownstreamError):
+    status, type, code = 417, "ExpectationFailed", "EXPECTATION_FAILED"
+
+
+class PayloadTooLarge(DownstreamError):
+    status, type, code = 413, "PayloadTooLarge", "PAYLOAD_TOO_LARGE"
 
 
 class LocalError(ProxyError):

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 
 from proxy.commlog import CommunicationLog
 from proxy.config.models import LogConfig
-from proxy.errors import ProxyError, RouteNotFound, TokenUnavailable
+from proxy.errors import ExpectationFailed, ProxyError, RouteNotFound, TokenUnavailable
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.metrics import Metrics
 from proxy.reply import error_response
@@ -24,6 +24,8 @@ from proxy.runtime import Runtime
 from proxy.tracing import child_traceparent, pick_language, request_id_from
 
 log = logging.getLogger("proxy.listener")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Never forwarded: the app's own credentials and cookies, Host, hop-by-hop headers (RFC 9110 7.6.1),
 # framing (re-done by the client), and the tracing headers we set ourselves.
@@ -35,7 +37,6 @@ DROP_HEADERS = frozenset(
         "Content-Length", "Expect", "Accept-Encoding", "X-Request-Id", "traceparent", "tracestate",
     )
 )
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class Listener:
@@ -45,6 +46,29 @@ class Listener:
         self._commlog = commlog
         self._request_counters: dict[tuple[str, int], object] = {}
         self._durations: dict[str, object] = {}
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue`` as aiohttp does it; any other expectation gets a 417 envelope."""
+        if request.headers.get("Expect", "").lower() == "100-continue" and request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+            return None
+        return self._local_error(request, ExpectationFailed())
+
+    def _local_error(self, request: web.Request, error: ProxyError) -> web.Response:
+        runtime = self._runtime()
+        table = next(iter(runtime.loaded.errors.values()))
+        response = error_response(error, table.default_language, request_id_from(request.headers.get("X-Request-Id")))
+        self._count("unmatched", response.status, time.perf_counter())
+        return response
+
+    @web.middleware
+    async def router_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A target no route can match (``*``, ``host:port``) still gets the envelope and a request id."""
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return self._local_error(request, RouteNotFound())
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -76,8 +100,6 @@ class Listener:
             )
         upstream: UpstreamResponse | None = None
         try:
-            if request.method in _BODY_METHODS and request.body_exists:
-                ex.body = await request.read()
             upstream = await route.chain(ex)
         except ProxyError as exc:
             response = self._error(ex, exc)
@@ -94,8 +116,17 @@ class Listener:
     def _prepare_upstream(self, ex: Exchange, route: CompiledRoute) -> None:
         request = ex.request
         upstream = CIMultiDict[str]()
-        for name, value in request.headers.items():
-            if name.lower() not in DROP_HEADERS:
+        headers = request.headers
+        drop = DROP_HEADERS
+        connection = headers.get("Connection")
+        if connection:  # RFC 9110 7.6.1: headers the Connection header names are hop-by-hop too
+            drop = drop | {token.strip().lower() for token in connection.split(",")}
+        for name, value in headers.items():
+            if name.lower() not in drop:
+                if not value.isascii():
+                    # The pure-Python parser hands non-UTF-8 bytes over as surrogates, which the
+                    # client cannot encode; forward them as replacement characters instead of a 500.
+                    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 upstream.add(name, value)
         upstream["X-Request-Id"] = ex.request_id
         upstream["traceparent"] = ex.traceparent

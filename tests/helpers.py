@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ class Rig:
 
 
 async def make_rig(aiohttp_client: Any, sandbox: TestServer, loaded: LoadedConfig) -> Rig:
-    state = build_state(loaded)
+    state = build_state(loaded, log_stream=io.StringIO())  # keep the communication log out of pytest's output
     client = await aiohttp_client(build_data_app(state))
     state.data_up = True
     admin = await aiohttp_client(build_admin_app(state))

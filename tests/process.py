@@ -89,6 +89,7 @@ class Sidecar:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.signal(signal.SIGTERM)
+        await asyncio.sleep(0.1)  # two signals sent back to back may be merged into one by the kernel
         self.signal(signal.SIGTERM)  # a second signal ends the drain at once
         return await self.wait()
 

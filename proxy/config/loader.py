@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from proxy.config.durations import parse_duration
+from proxy.config.durations import parse_duration, show
 from proxy.config.errors_table import ErrorRule, ErrorTable, overlap_problems, parse_range
 from proxy.config.models import (
     AdminConfig,
@@ -106,7 +106,7 @@ class _Section:
         try:
             return kind(value)
         except (TypeError, ValueError) as exc:
-            self.ctx.error(self.line_of(key), self.key_path(key), f"{exc if str(exc) else value!r}; expected {what}")
+            self.ctx.error(self.line_of(key), self.key_path(key), f"{exc if str(exc) else show(value)}; expected {what}")
             return default
 
     def string(self, key: str, default: str = "", *, required: bool = False) -> str:
@@ -126,7 +126,7 @@ class _Section:
     def integer(self, key: str, default: int, minimum: int = 0) -> int:
         def to_int(v: Any) -> int:
             if isinstance(v, bool) or not isinstance(v, (int, str)):
-                raise ValueError(f"{v!r} is not a whole number")
+                raise ValueError(f"{show(v)} is not a whole number")
             n = int(v)
             if n < minimum:
                 raise ValueError(f"{n} is below the minimum {minimum}")
@@ -137,7 +137,7 @@ class _Section:
     def number(self, key: str, default: float) -> float:
         def to_float(v: Any) -> float:
             if isinstance(v, bool):
-                raise ValueError(f"{v!r} is not a number")
+                raise ValueError(f"{show(v)} is not a number")
             return float(v)
 
         return self.get(key, to_float, default, "a number")
@@ -148,7 +148,7 @@ class _Section:
                 return v
             if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
                 return v.lower() in ("true", "yes", "1", "on")
-            raise ValueError(f"{v!r} is not true or false")
+            raise ValueError(f"{show(v)} is not true or false")
 
         return self.get(key, to_bool, default, "true or false")
 
@@ -191,7 +191,7 @@ class _Section:
 def _listen(s: _Section, key: str, default: str) -> ListenAddress:
     text = s.string(key, default) or default
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+    if not sep or not (port.isascii() and port.isdigit()) or not (0 <= int(port) <= 65535):
         s.ctx.error(s.line_of(key), s.key_path(key), f"{text!r} is not host:port; write e.g. 127.0.0.1:8080")
         return ListenAddress("127.0.0.1", 8080)
     return ListenAddress(host.strip("[]") or "0.0.0.0", int(port))
@@ -431,7 +431,7 @@ def _rule(ctx: _Ctx, s: _Section, default_language: str, *, is_default: bool) ->
             else:
                 ranges.append(r)
         for st in s.string_list("http_status") or ():
-            if not st.isdigit() or not 100 <= int(st) <= 599:
+            if not (st.isascii() and st.isdigit()) or not 100 <= int(st) <= 599:
                 ctx.error(s.line_of("http_status"), s.key_path("http_status"), f"{st!r} is not an HTTP status (100-599)")
             else:
                 statuses.append(int(st))

@@ -42,6 +42,17 @@ class _Loader(yaml.SafeLoader):
     """
 
 
+def _construct_object(self: _Loader, node: yaml.Node, deep: bool = False) -> Any:
+    # Typed scalars (!!int abc, an impossible date) raise plain ValueErrors deep in PyYAML; give
+    # them the node's line like every other YAML problem.
+    try:
+        return yaml.SafeLoader.construct_object(self, node, deep)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise yaml.constructor.ConstructorError(None, None, f"cannot read this value: {exc}", node.start_mark) from exc
+
+
+_Loader.construct_object = _construct_object  # type: ignore[method-assign]
+
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -90,9 +101,14 @@ def load_yaml(path: str | Path) -> LineDict:
     """Parse one file into LineDicts; any YAML problem becomes ``YamlError`` with its line."""
     p = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise YamlError(p, 0, f"cannot read file: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise YamlError(p, line, "the file is not UTF-8 text; save it as UTF-8") from exc
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.MarkedYAMLError as exc:
@@ -106,6 +122,8 @@ def load_yaml(path: str | Path) -> LineDict:
         raise YamlError(p, line, f"invalid YAML: {problem}") from exc
     except yaml.YAMLError as exc:
         raise YamlError(p, 0, f"invalid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise YamlError(p, 0, "the YAML is nested too deeply; flatten it") from exc
     if data is None:
         data = LineDict()
         data.line, data.key_lines = 1, {}

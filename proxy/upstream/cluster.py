@@ -81,6 +81,10 @@ class Cluster:
                 cookie_jar=aiohttp.DummyCookieJar(),  # a partner cookie must not leak into the next app request
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
+            # aiohttp silently re-sends an idempotent request once when a pooled connection drops.
+            # Retries are ours to decide (counted, budgeted, seen by the breaker), so switch it off;
+            # aiohttp's own TestClient sets the same attribute.
+            self._session._retry_connection = False
         return self._session
 
     def enter(self) -> None:

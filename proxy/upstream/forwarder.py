@@ -11,13 +11,15 @@ import random
 import time
 
 import aiohttp
+from aiohttp import web
 from yarl import URL
 
-from proxy.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import PayloadTooLarge, UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.upstream.cluster import Cluster
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class Forwarder:
@@ -36,6 +38,13 @@ class Forwarder:
         cluster = self.cluster
         method = self.method or ex.request.method
         may_retry = method in IDEMPOTENT and self.max_attempts > 1
+        request = ex.request
+        if method in BODY_METHODS and request.body_exists:
+            # Read after validation (a 405 must not wait for a body) and before taking a slot.
+            try:
+                ex.body = await request.read()
+            except web.HTTPRequestEntityTooLarge as exc:
+                raise PayloadTooLarge(f"body over {request.client_max_size} bytes") from exc
         cluster.enter()
         try:
             cluster.budget.on_request()
@@ -47,16 +56,20 @@ class Forwarder:
                 try:
                     response = await self._attempt(ex, method)
                 except UpstreamError as exc:
-                    if may_retry and attempt < self.max_attempts and exc.kind in self.retry_on and self._may_retry(exc.kind):
+                    if may_retry and attempt < self.max_attempts and exc.kind in self.retry_on and self._breaker_allows() and self._may_retry(exc.kind):
                         await self._backoff(attempt)
                         continue
                     raise
-                if response.status >= 500 and may_retry and attempt < self.max_attempts and "5xx" in self.retry_on and self._may_retry("5xx"):
+                if response.status >= 500 and may_retry and attempt < self.max_attempts and "5xx" in self.retry_on and self._breaker_allows() and self._may_retry("5xx"):
                     await self._backoff(attempt)
                     continue
                 return response
         finally:
             cluster.leave()
+
+    def _breaker_allows(self) -> bool:
+        # The attempt that tripped the breaker answers with its own failure, not a 503 for its retry.
+        return self.cluster.breaker.state != "open"
 
     def _may_retry(self, reason: str) -> bool:
         if self.cluster.budget.try_spend():
