@@ -60,7 +60,7 @@ async def load(url: str, headers: dict[str, str], rate: float, duration: float, 
                 async with session.get(url, headers=headers) as resp:
                     body = await resp.read()
                     status = resp.status
-            except (ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, ClientError, OSError) as exc:
                 errors[type(exc).__name__] += 1
                 return
             latencies.append(time.perf_counter() - start)
@@ -87,7 +87,7 @@ async def load(url: str, headers: dict[str, str], rate: float, duration: float, 
 
     latencies.sort()
     lags.sort()
-    ms = lambda v: None if v is None else round(v * 1000.0, 4)  # noqa: E731
+    ms = lambda v: None if v is None else round(v * 1000.0, 4)
     ok = sum(n for s, n in statuses.items() if s.startswith("2"))
     return {
         "url": url,

@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -50,6 +51,7 @@ BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FOREIGN_LIMIT = 10.0  # % of one core used by processes we did not start before a run is flagged
 
 APP_HEADERS = {"Content-Type": "application/json", "X-Client-Id": "bench"}
 APP_PATH = "/v1/products"
@@ -111,7 +113,7 @@ def ensure_tools(allow_install: bool) -> None:
         log(f"installing {' '.join(pkgs)} with apt-get ...")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *pkgs]):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 raise BenchError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
         still = [tool for tool in APT_PACKAGES if shutil.which(tool) is None]
@@ -124,17 +126,17 @@ def ensure_tools(allow_install: bool) -> None:
     if _module_version("uvloop") is None:
         if allow_install:
             log("uvloop missing: pip install uvloop ...")
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "uvloop"], capture_output=True)
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "uvloop"], capture_output=True, check=False)
         if _module_version("uvloop") is None:
             log("WARNING: uvloop not installed: the sidecar and bare aiohttp run on the stock asyncio loop")
-    probe = subprocess.run([sys.executable, "-c", "import proxy.cli"], cwd=REPO, env=child_env(), capture_output=True, text=True)
+    probe = subprocess.run([sys.executable, "-c", "import proxy.cli"], cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise BenchError(f"cannot import the sidecar (`python -c 'import proxy.cli'` in {REPO}):\n{probe.stderr[-2000:]}\n"
                          "install its dependencies: `pip install -e .[speed]`")
 
 
 def _module_version(name: str) -> str | None:
-    proc = subprocess.run([sys.executable, "-c", f"import {name}; print({name}.__version__)"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", f"import {name}; print({name}.__version__)"], capture_output=True, text=True, check=False)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -189,6 +191,31 @@ def tree_cpu_seconds(root: int) -> float:
         if f is not None:
             ticks += int(f[11]) + int(f[12])  # fields 14 utime, 15 stime
     return ticks / CLK_TCK
+
+
+def system_cpu() -> tuple[float, float]:
+    """(user + nice + system, steal) seconds summed over all CPUs, from /proc/stat."""
+    f = Path("/proc/stat").read_text().splitlines()[0].split()
+    user, nice, system, steal = int(f[1]), int(f[2]), int(f[3]), int(f[8]) if len(f) > 8 else 0
+    return (user + nice + system) / CLK_TCK, steal / CLK_TCK
+
+
+def own_cpu(roots: list[int]) -> float:
+    """CPU seconds of everything this harness runs: its servers' trees, itself and its reaped children (wrk)."""
+    seen: set[int] = set()
+    total = 0.0
+    for root in roots:
+        for pid in tree_pids(root):
+            if pid in seen:
+                continue
+            seen.add(pid)
+            fields = _stat_fields(pid)
+            if fields is not None:
+                total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    return total
 
 
 def rss_mib(pid: int) -> float | None:
@@ -331,7 +358,7 @@ def redis_calls(port: int) -> int:
         while len(rest) < size:
             rest += s.recv(65536)
     total = 0
-    for m in re.finditer(r"^cmdstat_([^:]+):calls=(\d+)", rest[:size].decode(), re.M):
+    for m in re.finditer(r"^cmdstat_([^:]+):calls=(\d+)", rest[:size].decode(), re.MULTILINE):
         if m.group(1) != "info":
             total += int(m.group(2))
     return total
@@ -341,7 +368,7 @@ def scrape_requests_total(admin_port: int) -> dict[str, float]:
     """partner_proxy_requests_total by status, from the admin /metrics."""
     _, _, body = http_get(f"http://{HOST}:{admin_port}/metrics", timeout=5)
     out: dict[str, float] = {}
-    for m in re.finditer(r'^partner_proxy_requests_total\{([^}]*)\}\s+([0-9.e+]+)', body.decode(), re.M):
+    for m in re.finditer(r'^partner_proxy_requests_total\{([^}]*)\}\s+([0-9.e+]+)', body.decode(), re.MULTILINE):
         status = re.search(r'status="([^"]*)"', m.group(1))
         key = status.group(1) if status else "?"
         out[key] = out.get(key, 0.0) + float(m.group(2))
@@ -361,7 +388,7 @@ def parse_wrk(out: str) -> dict[str, Any]:
     res["requests"] = int(m.group(1))
     res["seconds"] = float(m.group(2)) * _UNITS[m.group(3)] / 1e3
     res["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    for pct, val, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
+    for pct, val, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.MULTILINE):
         res[f"p{pct}_ms"] = float(val) * _UNITS[unit]
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     res["non_2xx"] = int(m.group(1)) if m else 0
@@ -449,6 +476,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="pp-bench-"))
         self.tmp.chmod(0o755)  # nginx workers run as nobody
         self.targets: list[Target] = []
+        self.servers: list[Child] = []  # every long-lived child, for the machine-load accounting
         self.upstream: Child | None = None
         self.redis_port = 0
         self.sidecar: Target | None = None
@@ -456,6 +484,9 @@ class Bench:
         self.notes: list[str] = []
         self.sanity: dict[str, str] = {}
         self.started = time.monotonic()
+        self.quiet_budget = args.quiet_budget  # seconds left for waiting out / re-measuring disturbed runs
+        self.remeasured = 0
+        self.profiles: dict[str, dict[str, Any]] = {}
 
     # ---- setup
 
@@ -475,6 +506,7 @@ class Bench:
                                                   "--appendonly", "no", "--dir", str(self.tmp), "--daemonize", "no"],
                                  cpu=a.aux_cpu, stderr_path=self.tmp / "redis.stderr")
         self._wait_redis(redis)
+        self.servers.append(redis)
 
         p = free_port()
         conf = nginx_conf(self.tmp, "proxy", p, proxy_nginx_body(p, up_port))
@@ -510,6 +542,7 @@ class Bench:
         wait_http(f"http://{HOST}:{admin}/readyz", child)
         self.sidecar = Target("partner-proxy", f"http://{HOST}:{p}{APP_PATH}", child, admin_port=admin)
         self.targets.append(self.sidecar)
+        self.servers += [t.child for t in self.targets]
         log(f"up: upstream nginx :{up_port}, redis :{self.redis_port}, nginx-proxy, bare-aiohttp, partner-proxy :{p} (admin :{admin}); "
             f"pinning {'on' if self.pin else 'off'}")
 
@@ -569,13 +602,17 @@ class Bench:
     def measure(self, t: Target, rep: int) -> dict[str, Any]:
         a = self.args
         assert self.upstream is not None
+        self.wait_quiet()
         self.wrk(t.url, a.warmup)  # warm-up: connections, caches, token, JIT-free but allocator-warm
         is_sidecar = t is self.sidecar
+        servers = [c.pid for c in self.servers]
+        sys0, own0 = system_cpu(), own_cpu(servers)
         cpu0, up0, w0 = tree_cpu_seconds(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
         redis0 = redis_calls(self.redis_port)
         met0 = scrape_requests_total(t.admin_port) if is_sidecar and t.admin_port else {}
         run = self.wrk(t.url, a.duration)
         cpu1, up1, w1 = tree_cpu_seconds(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
+        sys1, own1 = system_cpu(), own_cpu(servers)
         redis1 = redis_calls(self.redis_port)
         met1 = scrape_requests_total(t.admin_port) if is_sidecar and t.admin_port else {}
         n = max(run["requests"], 1)
@@ -588,20 +625,50 @@ class Bench:
             "server_cpu_pct": (cpu1 - cpu0) / wall * 100,
             "upstream_cpu_pct": (up1 - up0) / wall * 100,
             "redis_calls_per_req": (redis1 - redis0) / n,
+            # CPU used on this machine by processes the harness did not start (others' tests, ...)
+            "foreign_cpu_pct": max(0.0, (sys1[0] - sys0[0]) - (own1 - own0)) / wall * 100,
+            "steal_pct": (sys1[1] - sys0[1]) / wall * 100,
         }
         if is_sidecar:
             res["statuses"] = {k: round(met1.get(k, 0) - met0.get(k, 0)) for k in sorted(set(met0) | set(met1)) if met1.get(k, 0) - met0.get(k, 0)}
         errors = run["non_2xx"] + sum(run["socket_errors"].values())
         if errors:
             res["wrk_raw"] = run["raw"]
+        time.sleep(a.settle)  # let the target finish whatever the closed loop left behind (e.g. log backlog)
         res["fixed"] = self.fixed_rate(t.url)
         fx = res["fixed"]
         log(f"rep {rep + 1} {t.name:<14} {run['rps']:>9.0f} req/s  p50 {run.get('p50_ms', 0):.3f} ms  p99 {run.get('p99_ms', 0):.3f} ms  "
             f"{res['cpu_us_per_req']:.1f} us/req (server {res['server_cpu_pct']:.0f}% / upstream {res['upstream_cpu_pct']:.0f}% of a core)  "
             f"@{a.rate:g}/s p50 {fx['p50_ms']} p99 {fx['p99_ms']} ms"
+            + (f"  BUSY MACHINE: other processes used {res['foreign_cpu_pct']:.0f}% of a core" if res["foreign_cpu_pct"] > FOREIGN_LIMIT else "")
             + (f"  ERRORS: non-2xx {run['non_2xx']}, socket {run['socket_errors']}" if errors else "")
             + (f"  fixed-rate errors: {fx['statuses']} {fx['errors']}" if fx["non_2xx"] or fx["errors"] else ""))
         return res
+
+    def foreign_load(self, seconds: float) -> float:
+        """% of one core used by processes the harness did not start, over `seconds`."""
+        servers = [c.pid for c in self.servers]
+        s0, o0, t0 = system_cpu(), own_cpu(servers), time.monotonic()
+        time.sleep(seconds)
+        s1, o1, t1 = system_cpu(), own_cpu(servers), time.monotonic()
+        return max(0.0, (s1[0] - s0[0]) - (o1 - o0)) / (t1 - t0) * 100
+
+    def wait_quiet(self) -> None:
+        """Wait (bounded per measurement and in total) while other processes load the machine."""
+        limit_s = min(self.args.wait_quiet, self.quiet_budget)
+        if limit_s <= 0:
+            return
+        t0 = time.monotonic()
+        load = self.foreign_load(0.5)
+        if load > FOREIGN_LIMIT:
+            log(f"other processes use {load:.0f}% of a core: waiting up to {limit_s:.0f}s for a quiet machine")
+            while time.monotonic() - t0 < limit_s:
+                load = self.foreign_load(1.0)
+                if load <= FOREIGN_LIMIT:
+                    break
+            else:
+                log(f"still busy ({load:.0f}%): measuring anyway (the run will be flagged)")
+        self.quiet_budget -= time.monotonic() - t0
 
     def run(self) -> None:
         a = self.args
@@ -614,11 +681,21 @@ class Bench:
             for t in order:
                 if t.child.proc.poll() is not None:
                     raise BenchError(f"{t.name} exited with {t.child.proc.returncode} during the run{_log_tail(t.child)}")
-                t.runs.append(self.measure(t, rep))
+                t0 = time.monotonic()
+                res = self.measure(t, rep)
+                if res["foreign_cpu_pct"] > FOREIGN_LIMIT and a.wait_quiet > 0 and self.quiet_budget > time.monotonic() - t0:
+                    log(f"rep {rep + 1} {t.name}: disturbed by other processes ({res['foreign_cpu_pct']:.0f}% of a core): measuring it again")
+                    self.quiet_budget -= time.monotonic() - t0
+                    res = self.measure(t, rep)
+                    res["remeasured"] = True
+                    self.remeasured += 1
+                t.runs.append(res)
         self.memory["rss_after_runs_mib"] = rss_mib(self.sidecar.child.pid)
         self.memory["requests_before_rss_after"] = sum(r["wrk"]["requests"] for r in self.sidecar.runs)
         if a.memory:
             self.memory_run()
+        if a.profile:
+            self.profile_run()
 
     def memory_run(self) -> None:
         """wrk at the sidecar in 5 s slices until 100,000 more requests have been answered, then RSS."""
@@ -630,14 +707,49 @@ class Bench:
         self.memory["rss_after_memory_mib"] = rss_mib(self.sidecar.child.pid)
         log(f"--memory: {total} more requests, sidecar RSS {self.memory['rss_after_memory_mib']:.1f} MiB")
 
+    def profile_run(self) -> None:
+        """py-spy (sampling, Python frames) on partner-proxy and bare aiohttp during a closed-loop run."""
+        assert self.sidecar is not None
+        pyspy = shutil.which("py-spy")
+        if pyspy is None and not self.args.no_install:
+            log("--profile: pip install py-spy ...")
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], capture_output=True, check=False)
+            pyspy = shutil.which("py-spy")
+        if pyspy is None:
+            self.notes.append("--profile skipped: py-spy is not installed (`pip install py-spy`)")
+            return
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        seconds = max(5.0, min(self.args.duration, 10.0))
+        for t in (self.sidecar, self.targets[2]):
+            out = RESULTS / f"profile-{t.name}.txt"
+            self.wrk(t.url, 1)
+            spy = subprocess.Popen([pyspy, "record", "-p", str(t.child.pid), "-d", f"{seconds:g}", "-r", "250", "-f", "raw",
+                                    "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                self.wrk(t.url, seconds + 1)
+                _, err = spy.communicate(timeout=30)
+            finally:
+                if spy.poll() is None:
+                    spy.kill()
+                    spy.wait()
+            if spy.returncode != 0 or not out.exists():
+                self.notes.append(f"--profile of {t.name} failed: {err.strip()[-300:]}")
+                continue
+            self.profiles[t.name] = summarize_profile(out)
+            log(f"--profile: {out.relative_to(REPO)}")
+
     def collect_sidecar_logs(self) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         err = self.tmp / "sidecar.stderr"
         if err.exists():
             shutil.copyfile(err, RESULTS / "sidecar-stderr.log")
             text = err.read_text(errors="replace")
+            bad = [ln for ln in text.splitlines()
+                   if ('"level":"WARNING"' in ln or '"level":"ERROR"' in ln or '"level":"CRITICAL"' in ln or "Traceback" in ln)
+                   and "second signal" not in ln]  # our own shutdown (SIGTERM twice) is not news
             self.memory["sidecar_stderr_lines"] = len(text.splitlines())
-            self.memory["sidecar_stderr_warnings"] = sum(1 for ln in text.splitlines() if '"level":"WARNING"' in ln or '"level":"ERROR"' in ln or "Traceback" in ln)
+            self.memory["sidecar_stderr_problems"] = len(bad)
+            self.memory["sidecar_stderr_sample"] = bad[:10]
         cl = self.tmp / "commlog.jsonl"
         if cl.exists():
             with open(cl, "rb") as f:
@@ -656,6 +768,27 @@ class Bench:
                 self.collect_sidecar_logs()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """Self time by package and by function from py-spy's collapsed stacks ("f1;f2;f3 count")."""
+    by_pkg: dict[str, int] = {}
+    by_fn: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        leaf = stack.split(";")[-1]
+        fn = re.sub(r":\d+\)$", ")", leaf)
+        m = re.search(r"\(([^:)]+)", leaf)
+        pkg = m.group(1).split("/")[0] if m else "?"
+        by_pkg[pkg] = by_pkg.get(pkg, 0) + n
+        by_fn[fn] = by_fn.get(fn, 0) + n
+    pct = lambda d: [(k, round(100.0 * v / total, 1)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    return {"samples": total, "packages": pct(by_pkg), "functions": pct(by_fn), "file": str(path.relative_to(REPO))}
 
 
 def med(values: list[float | None]) -> float | None:
@@ -684,8 +817,12 @@ def summarize(bench: Bench) -> dict[str, dict[str, Any]]:
             "upstream_cpu_pct": med([r["upstream_cpu_pct"] for r in runs]),
             "fx_p50": med([r["fixed"]["p50_ms"] for r in runs]),
             "fx_p99": med([r["fixed"]["p99_ms"] for r in runs]),
+            "fx_all": "; ".join(f"{r['fixed']['p50_ms']:.2f} / {r['fixed']['p90_ms']:.2f} / {r['fixed']['p99_ms']:.2f}" for r in runs if r["fixed"]["p50_ms"] is not None),
             "fx_rps": med([r["fixed"]["achieved_rps"] for r in runs]),
             "fx_lag_p99": med([r["fixed"]["lag_p99_ms"] for r in runs]),
+            "foreign_pct": med([r["foreign_cpu_pct"] for r in runs]),
+            "foreign_max": max((r["foreign_cpu_pct"] for r in runs), default=0.0),
+            "steal_pct": med([r["steal_pct"] for r in runs]),
             "redis_per_req": med([r["redis_calls_per_req"] for r in runs]),
             "errors": errors,
             "fx_errors": fx_errors,
@@ -709,7 +846,7 @@ def _sum_dicts(ds: list[dict[str, int]]) -> dict[str, int]:
 
 def _version(argv: list[str], pattern: str) -> str:
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     m = re.search(pattern, p.stdout + p.stderr)
@@ -750,8 +887,8 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
     lines = [
         f"## partner-proxy benchmark ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})",
         "",
-        f"Medians of {a.reps} interleaved repetition(s). Closed loop: `wrk -t1 -c{a.connections} -d{a.duration:g}s --latency`. "
-        f"Fixed rate: {a.rate:g} req/s open loop for {a.rate_duration:g} s (bench/fixed_rate.py); added = target − direct.",
+        (f"Medians of {a.reps} interleaved repetition(s). Closed loop: `wrk -t1 -c{a.connections} -d{a.duration:g}s --latency`. "
+         f"Fixed rate: {a.rate:g} req/s open loop for {a.rate_duration:g} s (bench/fixed_rate.py); added = target − direct."),
         "",
         f"| target | req/s | p50 ms | p99 ms | CPU us/req | added p50 / p99 ms at {a.rate:g} rps |",
         "|---|---:|---:|---:|---:|---:|",
@@ -786,14 +923,18 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         f"- partner-proxy {rss}",
         f"- partner-proxy Redis commands per request in steady state: {fmt(pp['redis_per_req'], '.4f')} (INFO commandstats delta / requests, median)",
     ]
+    if "sidecar_stderr_lines" in mem:
+        lines.append(f"- partner-proxy stderr: {mem['sidecar_stderr_lines']} line(s), {mem['sidecar_stderr_problems']} warning/error line(s)"
+                     " (bench/results/sidecar-stderr.log)")
+        lines += [f"  - `{ln[:300]}`" for ln in mem.get("sidecar_stderr_sample", [])]
     if "commlog_lines" in mem:
         lines.append(f"- partner-proxy communication log: {mem['commlog_lines']:,} lines on stdout (to a file)")
     lines += [
         "",
         "Details (per repetition; server/upstream CPU as % of one core during the closed-loop run):",
         "",
-        "| target | req/s per rep | CPU us/req per rep | server CPU % | upstream nginx CPU % | Redis cmds/req | fixed-rate achieved rps | client lag p99 ms | errors |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| target | req/s per rep | CPU us/req per rep | server CPU % | upstream nginx CPU % | other load % (max) | steal % | Redis cmds/req | fixed-rate p50 / p90 / p99 ms per rep | achieved rps | client lag p99 ms | errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for t in bench.targets:
         s = summary[t.name]
@@ -811,18 +952,29 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         if t.name == "partner-proxy" and s["statuses"]:
             err += f" (sidecar metrics, closed loop: {s['statuses']})"
         lines.append(f"| {t.name} | {', '.join(map(str, s['rps_all']))} | {', '.join(map(str, s['cpu_all']))} | {fmt(s['server_cpu_pct'], '.0f')} | "
-                     f"{fmt(s['upstream_cpu_pct'], '.0f')} | {fmt(s['redis_per_req'], '.4f')} | {fmt(s['fx_rps'], '.0f')} | {fmt(s['fx_lag_p99'], '.3f')} | {err} |")
+                     f"{fmt(s['upstream_cpu_pct'], '.0f')} | {fmt(s['foreign_pct'], '.0f')} ({s['foreign_max']:.0f}) | {fmt(s['steal_pct'], '.1f')} | {fmt(s['redis_per_req'], '.4f')} | {s['fx_all']} | {fmt(s['fx_rps'], '.0f')} | {fmt(s['fx_lag_p99'], '.3f')} | {err} |")
+    if bench.remeasured:
+        lines.append(f"\n{bench.remeasured} measurement(s) disturbed by other processes were taken again (the second take is reported).")
+    busy = [n for n, s in summary.items() if s["foreign_max"] > FOREIGN_LIMIT]
+    if busy:
+        lines.append(f"\nWARNING: other processes on this machine used more than {FOREIGN_LIMIT:.0f}% of a core during runs of "
+                     f"{', '.join(busy)} (column 'other load'): those numbers are disturbed; re-run on a quiet machine.")
     for name, verdict in bench.sanity.items():
         if "HTTP 200" not in verdict or "DIFFERENT" in verdict:
             lines.append(f"\nsanity check {name}: {verdict}")
     samples = {n: s["samples"] for n, s in summary.items() if s["samples"]}
     if samples:
         lines += ["", "Sample error bodies:", "```", json.dumps(samples, indent=1, ensure_ascii=False)[:3000], "```"]
+    for name, prof in bench.profiles.items():
+        lines += ["", f"py-spy self time, {name} ({prof['samples']} samples; collapsed stacks in {prof['file']}):",
+                  "by package: " + ", ".join(f"{k} {v}%" for k, v in prof["packages"][:8]), ""]
+        lines += [f"    {v:5.1f}%  {k}" for k, v in prof["functions"]]
+    lines += [f"\nnote: {n}" for n in bench.notes]
     m = machine()
     lines += [
         "",
-        f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}, "
-        f"nginx {m['nginx']}, wrk {m['wrk']}, redis {m['redis']}.",
+        (f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}, "
+         f"nginx {m['nginx']}, wrk {m['wrk']}, redis {m['redis']}."),
         f"Placement: {'servers on CPU ' + a.server_cpu + ', upstream nginx on CPU ' + str(a.upstream_cpu) + ', wrk and the fixed-rate client on CPU ' + a.client_cpu if bench.pin else 'no CPU pinning'}.",
         f"Command: `{command}` ({elapsed:.0f} s)",
         "",
@@ -838,8 +990,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="seconds of wrk warm-up before each run (default 2; 1 with --quick)")
     p.add_argument("--rate", type=float, default=500.0, help="fixed-rate requests per second (default %(default)s)")
     p.add_argument("--rate-duration", type=float, help="seconds per fixed-rate run (default 10; 5 with --quick)")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds of quiet between the closed-loop and the fixed-rate run (default %(default)s)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default %(default)s)")
     p.add_argument("--memory", action="store_true", help="also send 100,000 more requests to the sidecar and report its RSS")
+    p.add_argument("--profile", action="store_true",
+                   help="also sample partner-proxy and bare aiohttp with py-spy under load (bench/results/profile-*.txt)")
     p.add_argument("--memory-requests", type=int, default=100_000, help=argparse.SUPPRESS)
     p.add_argument("--config", default="config/routes.yaml", help="sidecar routes file (default %(default)s)")
     p.add_argument("--errors", default="config/errors.yaml", help="sidecar errors file (default %(default)s)")
@@ -849,6 +1004,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU list for the upstream nginx (default %(default)s: beside the load generator, so the Python targets get core 0 to themselves)")
     p.add_argument("--client-cpu", default="1", help="CPU list for wrk and the fixed-rate client (default %(default)s)")
     p.add_argument("--aux-cpu", default="1", help="CPU list for redis-server (default %(default)s)")
+    p.add_argument("--wait-quiet", type=float, metavar="S",
+                   help="before each measurement wait up to S seconds while other processes load the machine, "
+                   "and measure a disturbed run once more (default 30; 15 with --quick; 0: never wait, just flag)")
+    p.add_argument("--quiet-budget", type=float, metavar="S",
+                   help="total seconds a run may spend on that waiting and re-measuring (default 180; 45 with --quick)")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
     p.add_argument("--no-install", action="store_true", help="refuse instead of apt-get installing missing tools")
     a = p.parse_args(argv)
@@ -856,6 +1016,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.reps = a.reps if a.reps is not None else (1 if q else 3)
     a.duration = a.duration if a.duration is not None else (3.0 if q else 10.0)
     a.warmup = a.warmup if a.warmup is not None else (1.0 if q else 2.0)
+    a.wait_quiet = a.wait_quiet if a.wait_quiet is not None else (15.0 if q else 30.0)
+    a.quiet_budget = a.quiet_budget if a.quiet_budget is not None else (45.0 if q else 180.0)
     a.rate_duration = a.rate_duration if a.rate_duration is not None else (5.0 if q else 10.0)
     if a.reps < 1 or a.duration <= 0 or a.rate <= 0:
         p.error("--reps, --duration and --rate must be positive")
@@ -871,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # SIGTERM: same clean-up as Ctrl-C
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     try:
         ensure_tools(not args.no_install)
     except BenchError as exc:
