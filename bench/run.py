@@ -901,7 +901,7 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         else:
             ap50 = None if s["fx_p50"] is None or d["fx_p50"] is None else s["fx_p50"] - d["fx_p50"]
             ap99 = None if s["fx_p99"] is None or d["fx_p99"] is None else s["fx_p99"] - d["fx_p99"]
-            added = f"+{fmt(ap50, '.3f')} / +{fmt(ap99, '.3f')}"
+            added = f"{fmt(ap50, '+.3f')} / {fmt(ap99, '+.3f')}"
         lines.append(f"| {TARGET_LABELS[t.name]}{flag} | {fmt(s['rps'], ',.0f')} | {fmt(s['p50'], '.3f')} | {fmt(s['p99'], '.3f')} | "
                      f"{fmt(s['cpu'], '.1f')} | {added} |")
     pp, bare, ngx = summary["partner-proxy"], summary["bare-aiohttp"], summary["nginx-proxy"]
