@@ -35,6 +35,19 @@ def build_state(loaded: LoadedConfig, *, registry: CollectorRegistry | None = No
     return ProxyState(loaded=loaded, metrics=metrics, commlog=commlog, notifier=notifier)
 
 
+class CatchAllResource(web.PlainResource):
+    """Matches every request target (aiohttp's own resources need a path starting with "/")."""
+
+    def __init__(self) -> None:
+        super().__init__("/", name="partner-proxy-catch-all")
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return True
+
+
 def build_data_app(state: ProxyState) -> web.Application:
     # client_max_size bounds downstream bodies; the GET route carries none.
     listener = Listener(state.current, state.metrics, state.commlog)
@@ -58,7 +71,14 @@ def build_data_app(state: ProxyState) -> web.Application:
             state.commlog.stop()
 
     app.cleanup_ctx.append(resources)
-    app.router.add_route("*", "/{tail:.*}", listener.handle, expect_handler=listener.expect)
+    # Every request goes to the listener, which routes on the current (reloadable) config. The
+    # configured paths get plain resources only because aiohttp finds those with one dict lookup;
+    # the catch-all takes everything else, including targets like "*" and "host:port".
+    for path in dict.fromkeys(r.path for r in state.loaded.proxy.routes):
+        app.router.add_route("*", path, listener.handle, expect_handler=listener.expect)
+    catch_all = CatchAllResource()
+    app.router.register_resource(catch_all)
+    catch_all.add_route("*", listener.handle, expect_handler=listener.expect)
     return app
 
 

@@ -5,7 +5,7 @@ sidecar's CPU per request, and formatting in the writer thread made that thread 
 whole switch intervals, which showed up as milliseconds of p99 latency on the loop. So:
 
 - the loop formats each record (``json.dumps`` of a small dict, a few microseconds) and appends it
-  to a buffer; one ``call_soon`` per loop iteration hands the whole batch to the writer thread;
+  to a buffer; every ``FLUSH_INTERVAL`` the whole batch goes to the writer thread in one hand-over;
 - the writer thread only writes and flushes (the GIL is released during the system call), so a
   slow or blocked stdout never stalls a request;
 - the buffer is bounded: past ``max_pending_bytes`` records are dropped and counted, rather than
@@ -29,6 +29,9 @@ from typing import IO, Any
 
 REDACTED = "[redacted]"
 _ALWAYS_REDACT = frozenset({"authorization", "access_token", "token", "client_secret", "api_key", "password", "cookie"})
+# How long records wait in the loop's buffer: batches amortize the hand-over to the writer thread
+# (one wake-up per batch instead of per request) and keep records in order.
+FLUSH_INTERVAL = 0.02
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 log = logging.getLogger("proxy.commlog")
@@ -102,10 +105,20 @@ class CommunicationLog:
             return
         record: dict[str, Any] = {"time": self._clock.now(), "level": logging.getLevelName(level).lower(), "event": event}
         record.update(self._scrub(fields))
-        self._buffer.append(json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str))
+        self.write_line(json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str))
+
+    def now(self) -> str:
+        return self._clock.now()
+
+    def redacts_any(self, keys: Iterable[str]) -> bool:
+        return any(k.lower() in self.redact for k in keys)
+
+    def write_line(self, line: str) -> None:
+        """Queue one ready-made JSON line (the caller escaped every value it took from input)."""
+        self._buffer.append(line)
         if not self._flush_scheduled:
             try:
-                asyncio.get_running_loop().call_soon(self._flush)
+                asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
                 self._flush_scheduled = True
             except RuntimeError:  # no loop (a CLI or a unit test): hand it over now
                 self._flush()

@@ -21,6 +21,9 @@ class CompiledRoute:
     languages: frozenset[str]
     chain: Next
     language: LanguagePicker          # Accept-Language -> one of the table's languages
+    log_route: str = "null"           # JSON-escaped once, for the communication log line
+    log_cluster: str = "null"
+    log_upstream_path: str = "null"
 
 
 class RouteTable:

@@ -8,6 +8,7 @@ state of everything it did not touch.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +136,9 @@ class Resources:
                     languages=frozenset(table.languages()),
                     chain=chain,
                     language=LanguagePicker(frozenset(table.languages()), table.default_language),
+                    log_route=json.dumps(r.name),
+                    log_cluster=json.dumps(cluster.name),
+                    log_upstream_path=json.dumps(r.upstream.path),
                 )
             )
         return Runtime(loaded, RouteTable(routes), clusters, providers)

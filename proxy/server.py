@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -20,6 +21,20 @@ from proxy.state import ProxyState
 log = logging.getLogger("proxy.server")
 
 WATCH_INTERVAL = 1.0  # the contract: a file change is picked up within 2 s
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections on the request path.
+
+    Almost everything a request allocates dies by reference counting; the cyclic collector mostly
+    re-scans long-lived objects (config, pools, modules). Freezing what exists after startup takes
+    those out of every later collection, and a larger young generation makes collections rarer.
+    Measured with bench/: fewer latency spikes at p99 and less CPU per request.
+    """
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 10_000), gen1, gen2)
 
 
 def _fingerprint(path: str) -> tuple[float, int, str] | None:
@@ -95,6 +110,7 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         watcher = loop.create_task(watch_files(self.state, routes_path, errors_path, self.stop))
         gauges = loop.create_task(self._refresh_gauges()) if self.state.metrics.multiprocess else None
+        tune_gc()
         if on_ready:
             on_ready()
         try:

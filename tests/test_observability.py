@@ -206,3 +206,24 @@ async def test_secrets_never_appear_in_any_output(aiohttp_server: Any, receiver:
     for secret in forbidden:
         assert secret not in everything, f"leaked: {secret[:6]}..."
     assert '"partner_call"' in everything  # the scan did see the log
+
+
+async def test_fast_and_generic_log_paths_write_the_same_record(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path) -> None:
+    """The template line (hot path) and the dict + json.dumps line (redaction/body capture) agree."""
+    records = []
+    for extra in ("", "\nlog: {capture_bodies: true, redact_fields: [response_body_never]}"):
+        routes = patched_routes(tmp_path, {"drain_timeout: 5s": "drain_timeout: 5s" + extra})
+        stream = io.StringIO()
+        state = build_state(shipped_config(base(sandbox), routes=routes), log_stream=stream)
+        client = await aiohttp_client(build_data_app(state))
+        resp = await client.get("/v1/products?product_code=error-S03", headers={"Content-Type": "application/json", "X-Client-Id": 'quote"and\\nnewline', "X-Request-Id": "same-id"})
+        assert resp.status == 503
+        (record,) = await log_records(stream, 1)
+        record.pop("response_body", None)
+        records.append(record)
+    fast, generic = records
+    for r in records:
+        r.pop("time"), r.pop("latency_ms"), r.pop("traceparent"), r.pop("token_source")
+    assert fast == generic
+    assert list(fast) == list(generic)  # same key order too
+    assert fast["client_id"] == 'quote"and\\nnewline'

@@ -79,7 +79,6 @@ class Cluster:
                 timeout=self.timeout,
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),  # a partner cookie must not leak into the next app request
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
             # aiohttp silently re-sends an idempotent request once when a pooled connection drops.
             # Retries are ours to decide (counted, budgeted, seen by the breaker), so switch it off;
