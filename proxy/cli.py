@@ -82,7 +82,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> int:
         return await Server(loaded, reuse_port=getattr(args, "reuse_port", False)).run(args.config, args.errors)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except OSError as exc:  # a port in use or not ours to bind: say which, no traceback
+        print(f"partner-proxy: cannot listen ({loaded.proxy.listen} / {loaded.proxy.admin.listen}): {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:

@@ -415,6 +415,17 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
 
 def start_sync(sidecar: Sidecar, timeout: float = 20.0) -> Sidecar:
     """``Sidecar.start()`` without an event loop (module-scoped fixtures run outside the test's loop)."""
+    for _ in range(3):
+        try:
+            return _start_sync(sidecar, timeout)
+        except RuntimeError:
+            if not sidecar.lost_port_race():
+                raise
+            sidecar.new_ports()
+    return _start_sync(sidecar, timeout)
+
+
+def _start_sync(sidecar: Sidecar, timeout: float) -> Sidecar:
     sidecar.proc = subprocess.Popen(
         [
             sys.executable, "-m", "proxy", "serve", "--config", str(sidecar.routes), "--errors", str(sidecar.errors),
@@ -425,7 +436,10 @@ def start_sync(sidecar: Sidecar, timeout: float = 20.0) -> Sidecar:
         stdout=sidecar.stdout_path.open("wb"),
         stderr=sidecar.stderr_path.open("wb"),
     )
-    wait_ready(sidecar.admin + "/readyz", sidecar.proc, timeout)
+    try:
+        wait_ready(sidecar.admin + "/readyz", sidecar.proc, timeout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; sidecar stderr: {sidecar.stderr()[-2000:]}") from exc
     return sidecar
 
 

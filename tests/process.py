@@ -42,7 +42,26 @@ class Sidecar:
     def admin(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
+    def new_ports(self) -> None:
+        """Pick fresh ports: a port free when probed can be taken by another socket before we bind."""
+        self.port, self.admin_port = free_port(), free_port()
+        self.env["PROXY_LISTEN"] = f"127.0.0.1:{self.port}"
+        self.env["PROXY_ADMIN_LISTEN"] = f"127.0.0.1:{self.admin_port}"
+
+    def lost_port_race(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None and "address already in use" in self.stderr()
+
     async def start(self, timeout: float = 20.0) -> Sidecar:
+        for _ in range(3):
+            try:
+                return await self._start(timeout)
+            except RuntimeError:
+                if not self.lost_port_race():
+                    raise
+                self.new_ports()
+        return await self._start(timeout)
+
+    async def _start(self, timeout: float) -> Sidecar:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "serve", "--config", str(self.routes), "--errors", str(self.errors), *self.args],
             cwd=ROOT,

@@ -373,3 +373,18 @@ async def test_two_workers_share_ports_metrics_and_one_token(start: StartFn, ses
     sidecar.signal(signal.SIGTERM)
     sidecar.signal(signal.SIGTERM)
     assert await sidecar.wait() == 0
+
+
+async def test_port_in_use_is_a_clear_error_not_a_traceback(sandbox: TestServer) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sidecar = Sidecar(base(sandbox), PROXY_LISTEN=f"127.0.0.1:{port}")
+        with pytest.raises(RuntimeError, match="exited 1"):
+            await sidecar._start(10)
+    err = sidecar.stderr()
+    assert "cannot listen" in err and "address already in use" in err and "Traceback" not in err
+    shutil.rmtree(sidecar.dir, ignore_errors=True)
