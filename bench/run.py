@@ -533,7 +533,8 @@ class Bench:
         })
         commlog = open(os.devnull, "wb") if a.commlog == "devnull" else open(self.tmp / "commlog.jsonl", "wb")  # noqa: SIM115
         try:
-            child = self.procs.start("partner-proxy", [sys.executable, "-m", "proxy", "serve", "--config", a.config, "--errors", a.errors],
+            child = self.procs.start("partner-proxy", [sys.executable, "-m", "proxy", "serve", "--config", a.config, "--errors", a.errors,
+                                                       "--workers", str(a.workers)],
                                      cpu=a.server_cpu, env=env, stdout=commlog, stderr_path=self.tmp / "sidecar.stderr",
                                      # SIGTERM starts the drain (drain_timeout), a second one ends it at once.
                                      stop_signals=(signal.SIGTERM, signal.SIGTERM))
@@ -998,6 +999,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-requests", type=int, default=100_000, help=argparse.SUPPRESS)
     p.add_argument("--config", default="config/routes.yaml", help="sidecar routes file (default %(default)s)")
     p.add_argument("--errors", default="config/errors.yaml", help="sidecar errors file (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="partner-proxy serve --workers N (default %(default)s; give --server-cpu 0,1 for 2)")
     p.add_argument("--commlog", choices=("file", "devnull"), default="file", help="where the sidecar's stdout goes (default: a file)")
     p.add_argument("--server-cpu", default="0", help="CPU list for the measured servers (default %(default)s)")
     p.add_argument("--upstream-cpu", default="1",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -41,8 +41,8 @@ class Exchange:
     language: str
     traceparent: str                      # the one sent upstream (same trace id, new span id)
     started: float
-    upstream_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
-    upstream_query: dict[str, str] = field(default_factory=dict)
+    upstream_headers: CIMultiDict[str] | None = None   # set by the listener before the chain runs
+    upstream_query: dict[str, str] | None = None
     body: bytes = b""                     # downstream body, forwarded for methods that carry one
     token_source: str | None = None       # memory | redis | fetch
     attempts: int = 0

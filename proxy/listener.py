@@ -172,6 +172,8 @@ class Listener:
         if self._fast_log and not cfg.capture_bodies:
             self._commlog.write_line(self._partner_call_line(ex, status))
             return
+        if self._commlog.level > logging.INFO:
+            return
         request = ex.request
         fields: dict[str, object] = {
             "request_id": ex.request_id,

@@ -6,7 +6,7 @@ header cannot smuggle CR/LF into a response or a log record.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -14,8 +14,17 @@ _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-
 _LANG_RE = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$|^\*$")
 
 
+# Request and span ids need uniqueness, not secrecy: the Mersenne Twister (seeded from the OS at
+# start) costs no system call, where os.urandom made three per request.
+_random = random.Random()
+
+
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    return f"{_random.getrandbits(128):032x}"
+
+
+def _span_id() -> str:
+    return f"{_random.getrandbits(64) or 1:016x}"
 
 
 def request_id_from(header: str | None) -> str:
@@ -35,8 +44,8 @@ def child_traceparent(header: str | None) -> str:
         if m:
             version, trace_id, parent_id, flags = m.groups()
             if version != "ff" and trace_id != "0" * 32 and parent_id != "0" * 16:
-                return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}"
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+                return f"00-{trace_id}-{_span_id()}-{flags}"
+    return f"00-{new_request_id()}-{_span_id()}-01"
 
 
 class LanguagePicker:
