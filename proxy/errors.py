@@ -225,16 +225,16 @@ class PartnerError(ProxyError):
         self.partner_status = partner_status
 
     # Instance values shadow the ClassVars so one rendering path serves every error.
-    @property  # type: ignore[override]
-    def status(self) -> int:  # noqa: D401
+    @property
+    def status(self) -> int:  # type: ignore[override]
         return self._status
 
-    @property  # type: ignore[override]
-    def type(self) -> str:
+    @property
+    def type(self) -> str:  # type: ignore[override]
         return self._type
 
-    @property  # type: ignore[override]
-    def code(self) -> str:
+    @property
+    def code(self) -> str:  # type: ignore[override]
         return self._code
 
     @property

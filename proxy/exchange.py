@@ -41,7 +41,7 @@ class Exchange:
     language: str
     traceparent: str                      # the one sent upstream (same trace id, new span id)
     started: float
-    upstream_headers: CIMultiDict[str] | None = None   # set by the listener before the chain runs
+    upstream_headers: CIMultiDict[str]    # what the partner gets; filters add to it (Authorization)
     upstream_query: dict[str, str] | None = None
     body: bytes = b""                     # downstream body, forwarded for methods that carry one
     token_source: str | None = None       # memory | redis | fetch

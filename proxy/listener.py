@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.commlog import CommunicationLog
 from proxy.config.models import LogConfig
@@ -20,7 +20,6 @@ from proxy.errors import ExpectationFailed, ProxyError, RouteNotFound, TokenUnav
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.metrics import Metrics
 from proxy.reply import error_response
-from proxy.routing import CompiledRoute
 from proxy.runtime import Runtime
 from proxy.tracing import child_traceparent, pick_language, request_id_from
 
@@ -87,15 +86,19 @@ class Listener:
         if route is None:
             return self._local_error(request, RouteNotFound())
         language = route.language(headers.get("Accept-Language"))
+        traceparent = child_traceparent(headers.get("traceparent"))
         ex = Exchange(
             request=request,
             route=route,
             request_id=request_id,
             language=language,
-            traceparent=child_traceparent(headers.get("traceparent")),
+            traceparent=traceparent,
             started=started,
+            upstream_headers=upstream_headers(headers, request_id, traceparent),
         )
-        self._prepare_upstream(ex, route)
+        if route.query:
+            query = request.rel_url.query
+            ex.upstream_query = {name: query[name] for name in route.query if name in query}
         if self._commlog.debug_enabled:
             self._commlog.write(
                 "partner_call_start",
@@ -116,29 +119,6 @@ class Listener:
         if ex.attempts:
             self._log(ex, response.status, upstream, runtime.loaded.proxy.log)
         return response
-
-    def _prepare_upstream(self, ex: Exchange, route: CompiledRoute) -> None:
-        request = ex.request
-        upstream = CIMultiDict[str]()
-        headers = request.headers
-        drop = DROP_HEADERS
-        connection = headers.get("Connection")
-        if connection:  # RFC 9110 7.6.1: headers the Connection header names are hop-by-hop too
-            drop = drop | {token.strip().lower() for token in connection.split(",")}
-        for name, value in headers.items():
-            if name.lower() not in drop:
-                if not value.isascii():
-                    # The pure-Python parser hands non-UTF-8 bytes over as surrogates, which the
-                    # client cannot encode; forward them as replacement characters instead of a 500.
-                    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                upstream.add(name, value)
-        upstream["Accept-Encoding"] = "identity"  # success bodies pass through untouched, never re-encoded
-        upstream["X-Request-Id"] = ex.request_id
-        upstream["traceparent"] = ex.traceparent
-        ex.upstream_headers = upstream
-        if route.query:
-            query = request.rel_url.query
-            ex.upstream_query = {name: query[name] for name in route.query if name in query}
 
     def _answer(self, ex: Exchange, upstream: UpstreamResponse) -> web.Response:
         if upstream.error is not None:
@@ -229,3 +209,23 @@ def _json(value: object) -> str:
     if isinstance(value, int):
         return str(value)
     return json.dumps(value)
+
+
+def upstream_headers(headers: CIMultiDictProxy[str], request_id: str, traceparent: str) -> CIMultiDict[str]:
+    """The app's headers minus everything a proxy must not forward, plus our tracing headers."""
+    upstream = CIMultiDict[str]()
+    drop = DROP_HEADERS
+    connection = headers.get("Connection")
+    if connection:  # RFC 9110 7.6.1: headers the Connection header names are hop-by-hop too
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    for name, value in headers.items():
+        if name.lower() not in drop:
+            if not value.isascii():
+                # The pure-Python parser hands non-UTF-8 bytes over as surrogates, which the
+                # client cannot encode; forward them as replacement characters instead of a 500.
+                value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            upstream.add(name, value)
+    upstream["Accept-Encoding"] = "identity"  # success bodies pass through untouched, never re-encoded
+    upstream["X-Request-Id"] = request_id
+    upstream["traceparent"] = traceparent
+    return upstream

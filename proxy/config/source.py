@@ -51,7 +51,7 @@ def _construct_object(self: _Loader, node: yaml.Node, deep: bool = False) -> Any
         raise yaml.constructor.ConstructorError(None, None, f"cannot read this value: {exc}", node.start_mark) from exc
 
 
-_Loader.construct_object = _construct_object  # type: ignore[method-assign]
+_Loader.construct_object = _construct_object  # type: ignore[method-assign,assignment]
 
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
@@ -97,7 +97,7 @@ class YamlError(Exception):
         self.path, self.line, self.message = path, line, message
 
 
-def load_yaml(path: str | Path) -> LineDict:
+def load_yaml(path: str | os.PathLike[str]) -> LineDict:
     """Parse one file into LineDicts; any YAML problem becomes ``YamlError`` with its line."""
     p = str(path)
     try:
