@@ -8,6 +8,7 @@ state of everything it did not touch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -64,6 +65,7 @@ class Resources:
         self._stores: dict[TokenCacheConfig, RedisTokenStore | None] = {}
         self._token_session: aiohttp.ClientSession | None = None
         self._retired: list[Cluster | TokenProvider] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def token_session(self) -> aiohttp.ClientSession:
@@ -143,12 +145,40 @@ class Resources:
             )
         return Runtime(loaded, RouteTable(routes), clusters, providers)
 
+    def retire_in_background(self) -> None:
+        """Close what a reload replaced once requests that started on the old runtime are done.
+
+        Those requests may still retry or renew a token through the old cluster and provider, so
+        they are closed after the longest a request can take (every attempt timing out, plus
+        backoff and a token fetch), not at the moment of the swap.
+        """
+        retired, self._retired = self._retired, []
+        if not retired:
+            return
+        grace = 5.0 + max(
+            (c.config.timeout * (1 + c.config.retry.attempts) for c in retired if isinstance(c, Cluster)),
+            default=0.0,
+        )
+        task = asyncio.get_running_loop().create_task(self._close_later(retired, grace))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_later(self, items: list[Cluster | TokenProvider], grace: float) -> None:
+        try:
+            await asyncio.sleep(grace)
+        finally:  # also on shutdown (cancelled): nothing is left open
+            for item in items:
+                await item.close()
+
     async def close_retired(self) -> None:
         retired, self._retired = self._retired, []
         for item in retired:
             await item.close()
 
     async def close(self) -> None:
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self.close_retired()
         for _, cluster in self._clusters.values():
             await cluster.close()

@@ -61,7 +61,7 @@ class ProxyState:
                 await self.replace_notifier(Notifier(loaded.proxy.notifications, self.metrics))
             self.loaded, self.runtime = loaded, runtime  # one assignment each; requests hold their own
             self.metrics.config_reloads.labels("success").inc()
-            await self.resources.close_retired()
+            self.resources.retire_in_background()
             log.info("config reloaded from %s and %s", routes_path, errors_path)
             return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
-from tests.helpers import JSON_HEADERS, Rig, make_rig, patched_routes, sandbox_app, shipped_config
+from tests.helpers import ERRORS, JSON_HEADERS, Rig, make_rig, patched_routes, sandbox_app, shipped_config
 
 
 @pytest.fixture
@@ -300,3 +301,30 @@ async def test_admin_endpoints(rig: Rig) -> None:
     assert "sandbox-secret" not in cfg and '"client_secret": "***"' in cfg
     rig.state.draining = True
     assert (await rig.admin.get("/readyz")).status == 503
+
+
+async def test_reload_that_replaces_a_cluster_lets_in_flight_requests_finish(aiohttp_client: Any, sandbox: TestServer, tmp_path: Any) -> None:
+    """A reload retires the old cluster (its pool and breaker); requests still using it must finish."""
+    routes = patched_routes(tmp_path, {})
+    rig = await make_rig(aiohttp_client, sandbox, shipped_config(base(sandbox), routes=routes))
+    assert (await rig.get()).status == 200
+    slow = asyncio.create_task(rig.get("?product_code=delay-500"))
+    await asyncio.sleep(0.2)
+    routes.write_text(routes.read_text().replace("timeout: 10s", "timeout: 9s"))  # a changed cluster
+    from tests.helpers import sandbox_env
+    import os
+
+    env = sandbox_env(base(sandbox))
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        assert await rig.state.reload(str(routes), str(ERRORS))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    resp = await slow
+    assert resp.status == 200, await resp.text()
+    assert (await rig.get()).status == 200  # and the new cluster serves
