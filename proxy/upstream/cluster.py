@@ -68,8 +68,7 @@ class Cluster:
         # Created lazily inside the running loop (aiohttp wants a loop), then reused for every call.
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self.config.max_connections,
-                limit_per_host=self.config.max_connections,
+                limit=self.config.max_connections,  # one host per cluster: no per-host bookkeeping needed
                 ttl_dns_cache=300,
                 keepalive_timeout=30,
                 enable_cleanup_closed=False,
