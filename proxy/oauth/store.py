@@ -132,6 +132,7 @@ class RedisTokenStore:
             socket_connect_timeout=config.connect_timeout,
             retry_on_timeout=False,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            **_driver_info(),
         )
         return cls(aioredis.Redis.from_pool(pool), config, metrics)
 
@@ -245,3 +246,18 @@ def _decode(raw: object, now: float) -> Grant | None:
     if isinstance(issued_at, bool) or not isinstance(issued_at, (int, float)) or issued_at > expires_at:
         issued_at = min(now, float(expires_at))
     return Grant(value=value, issued_at=float(issued_at), expires_at=float(expires_at))
+
+
+def _driver_info() -> dict[str, object]:
+    """Resolve redis-py's CLIENT SETINFO metadata once, here, at startup.
+
+    Left to itself, redis-py looks its own version up in the installed package metadata (disk
+    reads) for every new connection, which happens on the event loop: blockbuster caught it on the
+    request path of the first token lookup (tests/test_nonblocking.py).
+    """
+    try:
+        from redis.driver_info import DriverInfo
+        from redis.utils import get_lib_version
+    except ImportError:  # older redis-py without driver_info: nothing to pre-resolve
+        return {}
+    return {"driver_info": DriverInfo(name="redis-py", lib_version=get_lib_version())}

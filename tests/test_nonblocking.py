@@ -1,0 +1,50 @@
+"""Nothing blocks the event loop: blockbuster turns any blocking call made from proxy code while the
+loop runs (file, socket, sleep, os.stat ...) into an error, over the paths a request can take."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from blockbuster import blockbuster_ctx
+
+from tests.helpers import ERRORS, make_rig, patched_routes, sandbox_app, sandbox_env, shipped_config
+
+
+@pytest.fixture
+async def sandbox(aiohttp_server: Any) -> TestServer:
+    return await aiohttp_server(sandbox_app())
+
+
+async def test_request_paths_make_no_blocking_calls(aiohttp_client: Any, sandbox: TestServer, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    errors = tmp_path / "errors.yaml"
+    shutil.copy(ERRORS, errors)
+    routes = patched_routes(tmp_path, {"fail_max: 5": "fail_max: 2"})
+    base = str(sandbox.make_url("")).rstrip("/")
+    rig = await make_rig(aiohttp_client, sandbox, shipped_config(base, redis_url, routes=routes, errors=errors))
+    with blockbuster_ctx(["proxy"]):
+        # cold token (Redis lock, endpoint, Redis write), then memory hits
+        assert (await rig.get()).status == 200
+        assert (await rig.get("?product_code=25k-xl", headers={"Accept-Language": "id"})).status == 200
+        # mapped errors, unmapped, P08 renew + retry, 401 renew + retry, bad request
+        for query, status in (("?product_code=error-S03", 503), ("?product_code=error-X42", 502), ("?product_code=error-P08", 403), ("?product_code=status-401", 502)):
+            assert (await rig.get(query)).status == status
+        assert (await rig.client.get("/v1/products")).status == 415
+        rig.partner.revoke_all()
+        assert (await rig.get()).status == 200
+        # the breaker opens, then short-circuits
+        for _ in range(3):
+            await rig.get("?product_code=status-500")
+        assert (await rig.get()).status == 503
+        # admin endpoints and a reload (the file is read in a thread)
+        for path in ("/metrics", "/config", "/readyz", "/breakers"):
+            assert (await rig.admin.get(path)).status == 200
+        for name, value in sandbox_env(base, redis_url).items():  # a reload reads the process env
+            monkeypatch.setenv(name, value)
+        errors.write_text(errors.read_text().replace("status: 422", "status: 409"))
+        assert await rig.state.reload(str(routes), str(errors))
+        assert rig.state.current().loaded.errors["tokopedia"].match("U01", 400).rule.status == 409
+        assert (await rig.get()).status == 503  # the breaker of the unchanged cluster survived the reload
