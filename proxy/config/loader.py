@@ -255,7 +255,10 @@ def _cluster(ctx: _Ctx, name: str, s: _Section) -> ClusterConfig:
         circuit_breaker=breaker,
         retry=retry,
         max_response_bytes=s.integer("max_response_bytes", 8 * 1024 * 1024, minimum=1024),
+        client=s.string("client", "http11") or "http11",
     )
+    if cfg.client not in ("http11", "aiohttp"):
+        ctx.error(s.line_of("client"), s.key_path("client"), f"{cfg.client!r} is not one of http11, aiohttp")
     s.finish()
     return cfg
 

@@ -109,6 +109,7 @@ class ClusterConfig:
     circuit_breaker: BreakerConfig = field(default_factory=BreakerConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     max_response_bytes: int = 8 * 1024 * 1024
+    client: str = "http11"               # "http11" (lean pool, proxy/upstream/http11.py) or "aiohttp"
 
 
 @dataclass(frozen=True, slots=True)

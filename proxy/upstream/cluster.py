@@ -10,6 +10,7 @@ from proxy.config.models import ClusterConfig
 from proxy.errors import ClusterOverflow
 from proxy.metrics import Metrics
 from proxy.upstream.breaker import BreakerGuard
+from proxy.upstream.http11 import Http11Pool
 
 
 class RetryBudget:
@@ -59,6 +60,17 @@ class Cluster:
         self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
         self.timeout = aiohttp.ClientTimeout(total=config.timeout, sock_connect=config.connect_timeout)
         self.inflight = 0
+        # The lean HTTP/1.1 pool by default; ``client: aiohttp`` keeps aiohttp's ClientSession.
+        self.pool: Http11Pool | None = (
+            Http11Pool(
+                config.base_url,
+                connect_timeout=config.connect_timeout,
+                max_body=config.max_response_bytes,
+                max_idle=config.max_connections,
+            )
+            if config.client == "http11"
+            else None
+        )
         metrics.unmapped.labels(self.name)  # exists at 0, so increase() sees the first unmapped code
         metrics.overflow.labels(self.name)
         self._session: aiohttp.ClientSession | None = None
@@ -96,6 +108,8 @@ class Cluster:
         self.inflight -= 1
 
     async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
