@@ -328,3 +328,28 @@ async def test_reload_that_replaces_a_cluster_lets_in_flight_requests_finish(aio
     resp = await slow
     assert resp.status == 200, await resp.text()
     assert (await rig.get()).status == 200  # and the new cluster serves
+
+
+async def test_aiohttp_client_option_serves_the_same_contract(aiohttp_client: Any, sandbox: TestServer, tmp_path: Any) -> None:
+    """``clusters.<name>.client: aiohttp`` (the fallback to aiohttp's ClientSession) behaves the same."""
+    routes = patched_routes(tmp_path, {"    max_connections: 100": "    max_connections: 100\n    client: aiohttp", "timeout: 10s": "timeout: 300ms"})
+    rig = await make_rig(aiohttp_client, sandbox, shipped_config(base(sandbox), routes=routes))
+    assert rig.state.current().clusters["tokopedia"].pool is None
+    resp = await rig.get("?product_code=25k-xl")
+    assert resp.status == 200 and [p["id"] for p in (await resp.json())["data"]] == ["25k-xl"]
+    resp = await rig.get("?product_code=error-S03", headers={"Accept-Language": "id"})
+    assert resp.status == 503 and (await envelope(resp))["message"] == "Produk sedang ditutup"
+    assert (await rig.get("?product_code=hang")).status == 504
+    assert (await rig.get("?product_code=reset")).status == 502
+    rig.partner.revoke_all()
+    assert (await rig.get()).status == 200
+
+
+def test_unknown_client_option_is_a_config_error(tmp_path: Any) -> None:
+    from proxy.config import load_config
+    from proxy.errors import ConfigError
+    from tests.helpers import sandbox_env
+
+    routes = patched_routes(tmp_path, {"    max_connections: 100": "    max_connections: 100\n    client: curl"})
+    with pytest.raises(ConfigError, match="'curl' is not one of http11, aiohttp"):
+        load_config(routes, ERRORS, env=sandbox_env("http://127.0.0.1:1"))

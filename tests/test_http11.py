@@ -1,0 +1,226 @@
+"""The lean HTTP/1.1 upstream pool against a scripted raw server on loopback (exact bytes on the wire)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from proxy.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from proxy.upstream.http11 import Http11Pool
+from tests.redis_server import free_port
+
+Script = Callable[[bytes], list[bytes] | None]  # request bytes -> chunks to send (None: close)
+
+
+class RawServer:
+    """Answers each request on a connection with the scripted chunks; records requests and connections."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.script: Script = lambda req: [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
+        self.close_after = False
+        self.delay = 0.0
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length) if length else b""
+                self.requests.append(head + body)
+                chunks = self.script(head + body)
+                if chunks is None:
+                    break
+                for chunk in chunks:
+                    writer.write(chunk)
+                    await writer.drain()
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def drop_connections(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+    async def close(self) -> None:
+        self.drop_connections()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RawServer]:
+    s = RawServer()
+    await s.start()
+    yield s
+    await s.close()
+
+
+def make_pool(server: RawServer, max_body: int = 1024) -> Http11Pool:
+    return Http11Pool(f"http://127.0.0.1:{server.port}/api", connect_timeout=1.0, max_body=max_body, max_idle=4)
+
+
+async def get(pool: Http11Pool, path: str = "/api/x", headers: list[tuple[str, str]] | None = None, timeout: float = 2.0, method: str = "GET", body: bytes = b"") -> Any:
+    return await pool.request(pool.request_bytes(method, path, headers or [], body), head_only=method == "HEAD", timeout=timeout)
+
+
+async def test_request_bytes_and_keep_alive_reuse(server: RawServer) -> None:
+    pool = make_pool(server)
+    server.script = lambda req: [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"data\":[]}"]
+    for _ in range(3):
+        r = await get(pool, "/api/v2/product-list?product_code=a%2Cb", [("Authorization", "Bearer t"), ("X-Request-Id", "r1")])
+        assert (r.status, r.content_type, r.body) == (200, "application/json", b'{"data":[]}')
+    assert server.connections == 1  # one keep-alive connection for all three
+    assert server.requests[0] == (
+        f"GET /api/v2/product-list?product_code=a%2Cb HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        "Authorization: Bearer t\r\nX-Request-Id: r1\r\n\r\n"
+    ).encode()
+    await pool.close()
+
+
+async def test_post_carries_its_body_with_a_length(server: RawServer) -> None:
+    pool = make_pool(server)
+    await get(pool, method="POST", body=b'{"a":1}', headers=[("Content-Type", "application/json")])
+    assert server.requests[0].endswith(b"Content-Length: 7\r\n\r\n{\"a\":1}")
+    await pool.close()
+
+
+async def test_chunked_body_with_extensions_and_trailers(server: RawServer) -> None:
+    pool = make_pool(server)
+    server.script = lambda req: [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n", b"0\r\nX-Trailer: t\r\n\r\n"]
+    r = await get(pool)
+    assert r.body == b"Wikipedia"
+    r = await get(pool)  # and the connection is reusable afterwards
+    assert r.body == b"Wikipedia" and server.connections == 1
+    await pool.close()
+
+
+async def test_interim_1xx_is_skipped(server: RawServer) -> None:
+    pool = make_pool(server)
+    server.script = lambda req: [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"]
+    assert (await get(pool)).status == 201
+    await pool.close()
+
+
+async def test_no_length_reads_until_close_and_is_not_reused(server: RawServer) -> None:
+    pool = make_pool(server)
+    server.script = lambda req: [b"HTTP/1.1 200 OK\r\n\r\nuntil", b" close"]
+    server.close_after = True
+    assert (await get(pool)).body == b"until close"
+    assert (await get(pool)).body == b"until close"
+    assert server.connections == 2
+    await pool.close()
+
+
+async def test_connection_close_and_http10_are_not_reused(server: RawServer) -> None:
+    pool = make_pool(server)
+    for answer in (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\na", b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\na"):
+        server.script = lambda req, a=answer: [a]
+        await get(pool)
+        await get(pool)
+    assert server.connections == 4
+    await pool.close()
+
+
+async def test_head_and_204_have_no_body(server: RawServer) -> None:
+    pool = make_pool(server)
+    server.script = lambda req: [b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"]
+    assert (await get(pool, method="HEAD")).body == b""
+    server.script = lambda req: [b"HTTP/1.1 204 No Content\r\n\r\n"]
+    assert (await get(pool)).status == 204
+    await pool.close()
+
+
+@pytest.mark.parametrize(
+    "answer,words",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "both Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "Transfer-Encoding"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXX", "CRLF"),
+        (b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n continued\r\nContent-Length: 0\r\n\r\n", "header line"),
+        (b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n", "header line"),
+        (b"SMTP 220 hello\r\n\r\n", "status line"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", "over the 1024 byte limit"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n" + b"x" * 2048 + b"\r\n0\r\n\r\n", "over the 1024 byte limit"),
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * 70_000, "response head over"),
+    ],
+    ids=["cl-and-te", "two-lengths", "negative-length", "te-not-chunked-last", "bad-chunk-size", "chunk-without-crlf", "obs-fold", "space-in-name", "not-http", "status-4-digits", "body-over-limit", "chunked-over-limit", "head-over-limit"],
+)
+async def test_malformed_answers_are_protocol_errors(server: RawServer, answer: bytes, words: str) -> None:
+    pool = make_pool(server)
+    server.script = lambda req: [answer]
+    with pytest.raises(UpstreamProtocolError, match=words):
+        await get(pool)
+    await pool.close()
+
+
+async def test_extra_bytes_after_a_response_make_the_connection_unusable(server: RawServer) -> None:
+    pool = make_pool(server)
+    server.script = lambda req: [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforged"]
+    assert (await get(pool)).body == b"a"
+    assert (await get(pool)).body == b"a"  # a fresh connection, not the smuggled second answer
+    assert server.connections == 2
+    await pool.close()
+
+
+async def test_close_before_answer_is_unreachable_and_slow_drip_is_a_timeout(server: RawServer) -> None:
+    pool = make_pool(server)
+    server.script = lambda req: None
+    with pytest.raises(UpstreamUnreachable):
+        await get(pool)
+    server.script = lambda req: [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"a", b"b", b"c"]
+    server.delay = 0.3
+    with pytest.raises(UpstreamTimeout):
+        await get(pool, timeout=0.5)
+    await pool.close()
+
+
+async def test_closed_port_is_unreachable() -> None:
+    pool = Http11Pool(f"http://127.0.0.1:{free_port()}", connect_timeout=1.0, max_body=1024, max_idle=4)
+    with pytest.raises(UpstreamUnreachable):
+        await get(pool)
+
+
+async def test_idle_connection_closed_by_the_partner_is_not_reused(server: RawServer) -> None:
+    pool = make_pool(server)
+    server.script = lambda req: [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"]
+    await get(pool)
+    server.drop_connections()  # the partner closes our idle keep-alive connection
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert (await get(pool)).body == b"a"  # a new connection, no error, no write to the dead one
+    assert server.connections == 2 and len(server.requests) == 2
+    await pool.close()
+
+
+def test_host_header_and_tls_settings() -> None:
+    assert Http11Pool("https://b2b.tokopedia.com/api", connect_timeout=1, max_body=1, max_idle=1).host_header == "b2b.tokopedia.com"
+    pool = Http11Pool("https://b2b.tokopedia.com:8443/api", connect_timeout=1, max_body=1, max_idle=1)
+    assert pool.host_header == "b2b.tokopedia.com:8443" and pool.ssl is not None and pool.port == 8443
+    assert Http11Pool("http://127.0.0.1:9090", connect_timeout=1, max_body=1, max_idle=1).ssl is None
