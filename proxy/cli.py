@@ -63,6 +63,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.server import fingerprints
+
+    read_at = fingerprints(args.config, args.errors)  # before reading: an edit from now on is a change
     try:
         loaded = load_config(args.config, args.errors)
     except ConfigError as exc:
@@ -80,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _use_uvloop()
 
     async def main() -> int:
-        return await Server(loaded, reuse_port=getattr(args, "reuse_port", False)).run(args.config, args.errors)
+        return await Server(loaded, reuse_port=getattr(args, "reuse_port", False), read_at=read_at).run(args.config, args.errors)
 
     try:
         return asyncio.run(main())
@@ -160,6 +163,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{args.config} not found: run demo from the repository root, or pass --config/--errors", file=sys.stderr)
         return EXIT_USAGE
     env = demo_env(args.sandbox_port, args.port, args.admin_port)
+    from proxy.server import fingerprints
+
+    read_at = fingerprints(args.config, args.errors)  # before reading, as in serve
     try:
         loaded = load_config(args.config, args.errors, env=env)
     except ConfigError as exc:
@@ -170,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     async def main() -> int:
         sandbox = await run_sandbox("127.0.0.1", args.sandbox_port, SandboxSettings(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET))
         try:
-            server = Server(loaded)
+            server = Server(loaded, read_at=read_at)
             return await server.run(args.config, args.errors, on_ready=lambda: print(demo_curls(args.port, args.admin_port), flush=True))
         finally:
             await sandbox.cleanup()

@@ -47,23 +47,35 @@ def _fingerprint(path: str) -> tuple[float, int, str] | None:
     return (st.st_mtime, st.st_size, real)
 
 
-async def watch_files(state: ProxyState, routes_path: str, errors_path: str, stop: asyncio.Event) -> None:
-    """Poll both files (no inotify dependency; 2 stats a second cost nothing) and reload on change."""
-    last = (await asyncio.to_thread(_fingerprint, routes_path), await asyncio.to_thread(_fingerprint, errors_path))
+Fingerprint = tuple[tuple[float, int, str] | None, tuple[float, int, str] | None]
+
+
+def fingerprints(routes_path: str, errors_path: str) -> Fingerprint:
+    return (_fingerprint(routes_path), _fingerprint(errors_path))
+
+
+async def watch_files(state: ProxyState, routes_path: str, errors_path: str, stop: asyncio.Event, initial: Fingerprint | None = None) -> None:
+    """Poll both files (no inotify dependency; 2 stats a second cost nothing) and reload on change.
+
+    ``initial`` must be taken *before* the running config was read: a fingerprint taken later
+    would swallow an edit made in between (seen in CI, where startup is slower).
+    """
+    last = initial if initial is not None else await asyncio.to_thread(fingerprints, routes_path, errors_path)
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), WATCH_INTERVAL)
         if stop.is_set():
             return
-        now = (await asyncio.to_thread(_fingerprint, routes_path), await asyncio.to_thread(_fingerprint, errors_path))
+        now = await asyncio.to_thread(fingerprints, routes_path, errors_path)
         if now != last:
             last = now
             await state.reload(routes_path, errors_path)
 
 
 class Server:
-    def __init__(self, loaded: LoadedConfig, *, reuse_port: bool = False) -> None:
+    def __init__(self, loaded: LoadedConfig, *, reuse_port: bool = False, read_at: Fingerprint | None = None) -> None:
         self.loaded = loaded
+        self.read_at = read_at  # the files' fingerprints taken before ``loaded`` was read
         self.state = build_state(loaded)
         self.reuse_port = reuse_port
         self.stop = asyncio.Event()
@@ -108,7 +120,7 @@ class Server:
             task.add_done_callback(reload_tasks.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-        watcher = loop.create_task(watch_files(self.state, routes_path, errors_path, self.stop))
+        watcher = loop.create_task(watch_files(self.state, routes_path, errors_path, self.stop, self.read_at))
         gauges = loop.create_task(self._refresh_gauges()) if self.state.metrics.multiprocess else None
         tune_gc()
         if on_ready:
