@@ -48,6 +48,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
+sys.path.insert(0, str(REPO))  # the partner's catalogue comes from the sandbox, not a copy of it
+from proxy.sandbox.catalogue import PRODUCTS  # noqa: E402
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -60,27 +62,8 @@ UPSTREAM_PATH = "/v2/product-list"
 TOKEN_BODY = '{"access_token":"c:bench-token","expires_in":86400,"token_type":"Bearer"}'
 
 
-def _product(code: str, name: str, price: int, inquiry: bool, status: int) -> dict[str, Any]:
-    return {"type": "product", "id": code,
-            "attributes": {"product_name": name, "price": price, "is_inquiry": inquiry, "status": status}}
-
-
-# The partner's product list (JSON:API), the same products the sandbox partner serves.
-PRODUCTS_BODY = json.dumps(
-    {
-        "data": [
-            _product("25k-xl", "XL 25,000", 24913, False, 1),
-            _product("kta-bank-dbs", "Bank DBS KTA Bank DBS", 4797124, True, 1),
-            _product("pln-prepaid-20k", "PLN Prepaid 20,000", 21500, True, 1),
-            _product("google-play-100k", "Google Play Voucher 100,000", 98500, False, 1),
-            _product("bpjs-kesehatan", "BPJS Kesehatan", 2500, True, 1),
-            _product("telkomsel-50k", "Telkomsel 50,000", 49850, False, 3),
-            _product("indosat-10k", "Indosat Ooredoo 10,000", 10950, False, 2),
-            _product("axis-5k", "", 5900, False, 1),
-        ]
-    },
-    separators=(",", ":"),
-)
+# The partner's product list (JSON:API): the same products the sandbox partner serves.
+PRODUCTS_BODY = json.dumps({"data": [p.resource() for p in PRODUCTS]}, separators=(",", ":"))
 assert "'" not in PRODUCTS_BODY and "$" not in PRODUCTS_BODY  # nginx `return` string quoting
 
 # Environment variables that could make a child talk to anything but loopback.

@@ -14,7 +14,6 @@ from typing import IO
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy.admin import build_admin_app
 from proxy.commlog import CommunicationLog
 from proxy.config import LoadedConfig
 from proxy.listener import Listener
@@ -80,8 +79,3 @@ def build_data_app(state: ProxyState) -> web.Application:
     app.router.register_resource(catch_all)
     catch_all.add_route("*", listener.handle, expect_handler=listener.expect)
     return app
-
-
-def build_apps(loaded: LoadedConfig, *, registry: CollectorRegistry | None = None, log_stream: IO[str] | None = None) -> tuple[web.Application, web.Application]:
-    state = build_state(loaded, registry=registry, log_stream=log_stream)
-    return build_data_app(state), build_admin_app(state)

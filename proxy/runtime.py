@@ -35,6 +35,9 @@ from proxy.upstream.forwarder import Forwarder
 
 log = logging.getLogger("proxy.runtime")
 
+# Seconds added to the longest a request can take before replaced clusters/providers are closed.
+RETIRE_MARGIN = 5.0
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -155,7 +158,7 @@ class Resources:
         retired, self._retired = self._retired, []
         if not retired:
             return
-        grace = 5.0 + max(
+        grace = RETIRE_MARGIN + max(
             (c.config.timeout * (1 + c.config.retry.attempts) for c in retired if isinstance(c, Cluster)),
             default=0.0,
         )

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from pathlib import Path
 
 from aiohttp import web
 
@@ -150,7 +149,3 @@ class Server:
             await self.data_runner.cleanup()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
-
-
-def config_paths(routes: str | os.PathLike[str], errors: str | os.PathLike[str]) -> tuple[str, str]:
-    return str(Path(routes)), str(Path(errors))

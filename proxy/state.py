@@ -35,7 +35,7 @@ class ProxyState:
 
     @property
     def ready(self) -> bool:
-        return self.runtime is not None and self.data_up and not self.draining
+        return self.runtime is not None and self.data_up and self.admin_up and not self.draining
 
     def current(self) -> Runtime:
         assert self.runtime is not None, "runtime is built in the data app's cleanup_ctx"

@@ -42,7 +42,6 @@ DEFAULT_ROUTES = Path("config/routes.yaml")
 DEFAULT_ERRORS = Path("config/errors.yaml")
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_ON = ("connect_failure", "timeout", "5xx")
 BREAKER_FAILURES = ("connect_failure", "timeout", "5xx")
 

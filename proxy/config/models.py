@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
 
 
 class Secret:
@@ -37,10 +35,6 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
-
-
-def frozen_map(d: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(d))
 
 
 @dataclass(frozen=True, slots=True)
