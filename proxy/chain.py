@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-from proxy.exchange import Next
-from proxy.filters import Filter
+from proxy.types import Filter, Next
 
 
 def build_chain(filters: Sequence[Filter], terminal: Next) -> Next:

@@ -4,15 +4,16 @@ Why this shape (measured, see bench/): the stdlib ``QueueHandler`` path cost abo
 sidecar's CPU per request, and formatting in the writer thread made that thread hold the GIL for
 whole switch intervals, which showed up as milliseconds of p99 latency on the loop. So:
 
-- the loop formats each record (``json.dumps`` of a small dict, a few microseconds) and appends it
+- the loop formats each record (``orjson.dumps`` of a small dict, about a microsecond) and appends it
   to a buffer; every ``FLUSH_INTERVAL`` the whole batch goes to the writer thread in one hand-over;
 - the writer thread only writes and flushes (the GIL is released during the system call), so a
   slow or blocked stdout never stalls a request;
 - the buffer is bounded: past ``max_pending_bytes`` records are dropped and counted, rather than
   growing memory without limit while stdout is stuck.
 
-``json.dumps`` escapes CR/LF and control characters, so a header value cannot forge a second record.
-Values are redacted by key before they are formatted: secrets never reach the buffer.
+orjson escapes CR/LF and control characters, so a header value cannot forge a second record.
+Values are redacted by key (``LogPolicy``, compiled per runtime) before they are formatted:
+secrets never reach the buffer.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import IO, Any
+
+import orjson
 
 REDACTED = "[redacted]"
 _ALWAYS_REDACT = frozenset({"authorization", "access_token", "token", "client_secret", "api_key", "password", "cookie"})
@@ -55,8 +59,67 @@ class _Clock:
         return f"{self._prefix}.{int((t - second) * 1000):03d}Z"
 
 
+@dataclass(frozen=True, slots=True)
+class LogPolicy:
+    """What a config's ``log:`` block decides, compiled once per runtime and swapped with it.
+
+    The writer below outlives reloads; the policy does not, so a reload that adds a redact field
+    applies to the very next record.
+    """
+
+    level: int = logging.INFO
+    redact: frozenset[str] = _ALWAYS_REDACT
+    capture_bodies: bool = False
+    max_body_bytes: int = 2048
+
+    @classmethod
+    def of(cls, *, level: str = "info", redact_fields: Iterable[str] = (), capture_bodies: bool = False, max_body_bytes: int = 2048) -> LogPolicy:
+        return cls(
+            level=_LEVELS.get(level.lower(), logging.INFO),
+            redact=_ALWAYS_REDACT | {f.lower() for f in redact_fields},
+            capture_bodies=capture_bodies,
+            max_body_bytes=max_body_bytes,
+        )
+
+    def enabled(self, level: int) -> bool:
+        return level >= self.level
+
+    def redacts_any(self, keys: Iterable[str]) -> bool:
+        return any(k.lower() in self.redact for k in keys)
+
+    def scrub(self, fields: dict[str, Any]) -> dict[str, Any]:
+        redact = self.redact
+        if not any(k.lower() in redact for k in fields):
+            return fields
+        return {k: (REDACTED if k.lower() in redact and v else v) for k, v in fields.items()}
+
+    def body_excerpt(self, body: bytes) -> str:
+        """A captured body, capped and with configured sensitive JSON fields redacted (opt-in only)."""
+        limit = self.max_body_bytes
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return body[:limit].decode("utf-8", "replace")
+        return json.dumps(self._redact_json(doc), ensure_ascii=False)[:limit]
+
+    def _redact_json(self, doc: Any) -> Any:
+        if isinstance(doc, dict):
+            return {k: (REDACTED if k.lower() in self.redact else self._redact_json(v)) for k, v in doc.items()}
+        if isinstance(doc, list):
+            return [self._redact_json(v) for v in doc]
+        return doc
+
+
+def encode(record: dict[str, Any]) -> str:
+    """One JSON line. orjson escapes CR/LF and every control character, so no value can forge a record."""
+    return orjson.dumps(record, default=str).decode()
+
+
 class CommunicationLog:
-    """``start()`` before use (the data app's cleanup_ctx does it); ``stop()`` flushes what is pending."""
+    """The writer: ``start()`` before use (the data app's cleanup_ctx does it); ``stop()`` flushes.
+
+    Long-lived across reloads; what to write and what to redact is the caller's ``LogPolicy``.
+    """
 
     def __init__(
         self,
@@ -67,9 +130,7 @@ class CommunicationLog:
         max_pending_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self._stream = stream
-        self.level = _LEVELS.get(level.lower(), logging.INFO)
-        self.redact = _ALWAYS_REDACT | {f.lower() for f in redact_fields}
-        self._needs_scrub = bool({f.lower() for f in redact_fields})
+        self.policy = LogPolicy.of(level=level, redact_fields=redact_fields)  # for write() callers without their own
         self._clock = _Clock()
         self._buffer: list[str] = []
         self._flush_scheduled = False
@@ -96,22 +157,16 @@ class CommunicationLog:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    @property
-    def debug_enabled(self) -> bool:
-        return self.level <= logging.DEBUG
-
-    def write(self, event: str, fields: dict[str, Any], level: int = logging.INFO) -> None:
-        if level < self.level:
+    def write(self, event: str, fields: dict[str, Any], level: int = logging.INFO, policy: LogPolicy | None = None) -> None:
+        policy = policy or self.policy
+        if not policy.enabled(level):
             return
         record: dict[str, Any] = {"time": self._clock.now(), "level": logging.getLevelName(level).lower(), "event": event}
-        record.update(self._scrub(fields))
-        self.write_line(json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str))
+        record.update(policy.scrub(fields))
+        self.write_line(encode(record))
 
     def now(self) -> str:
         return self._clock.now()
-
-    def redacts_any(self, keys: Iterable[str]) -> bool:
-        return any(k.lower() in self.redact for k in keys)
 
     def write_line(self, line: str) -> None:
         """Queue one ready-made JSON line (the caller escaped every value it took from input)."""
@@ -122,12 +177,6 @@ class CommunicationLog:
                 self._flush_scheduled = True
             except RuntimeError:  # no loop (a CLI or a unit test): hand it over now
                 self._flush()
-
-    def _scrub(self, fields: dict[str, Any]) -> dict[str, Any]:
-        redact = self.redact
-        if not self._needs_scrub and not any(k in redact for k in fields):
-            return fields
-        return {k: (REDACTED if k.lower() in redact and v else v) for k, v in fields.items()}
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -165,20 +214,3 @@ class CommunicationLog:
         finally:
             with self._pending_lock:
                 self._pending -= len(chunk)
-
-    # -- opt-in body capture ---------------------------------------------------------------------
-
-    def body_excerpt(self, body: bytes, limit: int) -> str:
-        """A captured body, capped and with configured sensitive JSON fields redacted (opt-in only)."""
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return body[:limit].decode("utf-8", "replace")
-        return json.dumps(self._redact_json(doc), ensure_ascii=False)[:limit]
-
-    def _redact_json(self, doc: Any) -> Any:
-        if isinstance(doc, dict):
-            return {k: (REDACTED if k.lower() in self.redact else self._redact_json(v)) for k, v in doc.items()}
-        if isinstance(doc, list):
-            return [self._redact_json(v) for v in doc]
-        return doc

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-if TYPE_CHECKING:
-    from proxy.config.errors_table import ErrorRule
-    from proxy.errors import PartnerError
-    from proxy.routing import CompiledRoute
+if TYPE_CHECKING:  # typing only: classify imports this module
+    from proxy.classify import Verdict
 
 
 @dataclass(slots=True)
 class UpstreamResponse:
-    """What the partner answered on the last attempt. ``error`` is set by the error-rewrite filter."""
+    """What the partner answered on the last attempt.
+
+    ``verdict`` is what the answer means by the route's errors.yaml table; it is computed at most
+    once (``proxy.classify.Classifier``), by whichever filter asks first, and shared by the others.
+    """
 
     status: int
     content_type: str
     body: bytes
-    partner_code: str | None = None
-    error: PartnerError | None = None
-    rule: ErrorRule | None = None
+    verdict: Verdict | None = None
 
     @property
     def ok(self) -> bool:
@@ -33,10 +32,10 @@ class UpstreamResponse:
 
 @dataclass(slots=True)
 class Exchange:
-    """Per-request state. Filters read and annotate it; the listener logs and renders from it."""
+    """Per-request state. Filters read and annotate it; observers log and count from it."""
 
     request: web.Request
-    route: CompiledRoute
+    method: str
     request_id: str
     language: str
     traceparent: str                      # the one sent upstream (same trace id, new span id)
@@ -44,13 +43,10 @@ class Exchange:
     upstream_headers: CIMultiDict[str]    # what the partner gets; filters add to it (Authorization)
     upstream_query: dict[str, str] | None = None
     body: bytes = b""                     # downstream body, forwarded for methods that carry one
-    token_source: str | None = None       # memory | redis | fetch
+    token_source: str | None = None       # memory | redis | fetch | none
     attempts: int = 0
     partner_status: int | None = None
     partner_code: str | None = None
     error_type: str | None = None
     breaker_state: str | None = None
     token_retried: bool = False
-
-
-Next = Callable[[Exchange], Awaitable[UpstreamResponse]]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from proxy.config.errors_table import ErrorTable
-from proxy.exchange import Next
 from proxy.tracing import LanguagePicker
+from proxy.types import Next
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,13 +16,8 @@ class CompiledRoute:
     cluster: str
     upstream_path: str
     query: tuple[str, ...]            # allow-listed query parameters forwarded upstream
-    table: ErrorTable                 # for languages of local errors on this route
-    languages: frozenset[str]
     chain: Next
-    language: LanguagePicker          # Accept-Language -> one of the table's languages
-    log_route: str = "null"           # JSON-escaped once, for the communication log line
-    log_cluster: str = "null"
-    log_upstream_path: str = "null"
+    language: LanguagePicker          # Accept-Language -> one of the route's error-table languages
 
 
 class RouteTable:
@@ -33,6 +27,3 @@ class RouteTable:
     def match(self, path: str) -> CompiledRoute | None:
         # Exact match only: "/v1/products/" or "//v1/products" are other paths, not aliases.
         return self._by_path.get(path)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._by_path.values())

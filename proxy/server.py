@@ -13,7 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from proxy.admin import build_admin_app
-from proxy.app import build_data_app, build_state
+from proxy.app import LISTENER, build_data_app, build_state
 from proxy.config import LoadedConfig
 from proxy.state import ProxyState
 
@@ -79,16 +79,19 @@ class Server:
         self.reuse_port = reuse_port
         self.stop = asyncio.Event()
         self.data_runner: web.AppRunner | None = None
+        self.data_site: web.TCPSite | None = None
         self.admin_runner: web.AppRunner | None = None
         self._signals = 0
 
     async def start(self) -> None:
         cfg = self.loaded.proxy
-        self.data_runner = web.AppRunner(
-            build_data_app(self.state), access_log=None, handle_signals=False, shutdown_timeout=max(cfg.drain_timeout, 1.0)
-        )
+        self.data_app = build_data_app(self.state)
+        # In-flight requests are waited for by the drain itself (its timeout is reloadable config),
+        # so the runner's own shutdown wait is only a last bound.
+        self.data_runner = web.AppRunner(self.data_app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self.data_runner.setup()
-        await web.TCPSite(self.data_runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port or None).start()
+        self.data_site = web.TCPSite(self.data_runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port or None)
+        await self.data_site.start()
         self.state.data_up = True
         self.admin_runner = web.AppRunner(build_admin_app(self.state), access_log=None, handle_signals=False)
         await self.admin_runner.setup()
@@ -102,9 +105,15 @@ class Server:
             log.warning("second signal: ending the drain now")
             self.stop.set()
             return
-        log.info("signal %s: draining for %.1fs (readyz is 503 now)", signal.Signals(signum).name, self.loaded.proxy.drain_timeout)
+        drain = self.drain_timeout
+        log.info("signal %s: draining for %.1fs (readyz is 503 now)", signal.Signals(signum).name, drain)
         self.state.draining = True
-        asyncio.get_running_loop().call_later(self.loaded.proxy.drain_timeout, self.stop.set)
+        asyncio.get_running_loop().call_later(drain, self.stop.set)
+
+    @property
+    def drain_timeout(self) -> float:
+        """The running config's, not the start-up one's: a reload may have changed it."""
+        return self.state.current().drain_timeout if self.state.runtime is not None else self.loaded.proxy.drain_timeout
 
     async def run(self, routes_path: str, errors_path: str, *, on_ready: Callable[[], None] | None = None) -> int:
         loop = asyncio.get_running_loop()
@@ -144,7 +153,11 @@ class Server:
             self.state.metrics.refresh_gauges()
 
     async def close(self) -> None:
-        # The data runner's cleanup stops accepting, then waits for in-flight requests to finish.
+        # Stop accepting, let in-flight requests finish (bounded by the drain timeout), then clean up.
+        if self.data_site is not None:
+            await self.data_site.stop()
+            if not await self.data_app[LISTENER].wait_idle(max(self.drain_timeout, 1.0)):
+                log.warning("drain: requests still in flight after %.1fs; closing them", self.drain_timeout)
         if self.data_runner is not None:
             await self.data_runner.cleanup()
         if self.admin_runner is not None:

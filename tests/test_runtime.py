@@ -7,22 +7,30 @@ from pathlib import Path
 
 import pytest
 
+from proxy.config import LoadedConfig
 from proxy.metrics import Metrics
-from proxy.runtime import Resources
+from proxy.resources import Resources, Staged
+from proxy.runtime import Runtime, compile_runtime
 from tests.helpers import patched_routes, shipped_config
 
 
+def build(resources: Resources, loaded: LoadedConfig) -> Runtime:
+    staged = Staged()
+    runtime = compile_runtime(loaded, resources, staged)
+    resources.commit(staged)
+    return runtime
+
+
 async def test_replaced_cluster_stays_open_for_requests_in_flight_then_closes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.resources.RETIRE_MARGIN", 0.2)
     resources = Resources(Metrics())
     short = patched_routes(tmp_path, {"timeout: 10s": "timeout: 100ms"})
-    first = resources.build(shipped_config("http://127.0.0.1:1", routes=short))
-    same = resources.build(shipped_config("http://127.0.0.1:1", routes=short))
+    first = build(resources, shipped_config("http://127.0.0.1:1", routes=short))
+    same = build(resources, shipped_config("http://127.0.0.1:1", routes=short))
     assert same.clusters["tokopedia"] is first.clusters["tokopedia"]  # unchanged config: same pool and breaker
-    second = resources.build(shipped_config("http://127.0.0.1:1"))  # the cluster's timeout changed
+    second = build(resources, shipped_config("http://127.0.0.1:1"))  # the cluster's timeout changed
     old, new = first.clusters["tokopedia"], second.clusters["tokopedia"]
     assert old is not new
-    monkeypatch.setattr("proxy.runtime.RETIRE_MARGIN", 0.2)
-    resources.retire_in_background()
     assert old.pool is not None and not old.pool._closed  # a request that started on it may still retry
     for _ in range(100):
         if old.pool._closed:
@@ -32,3 +40,18 @@ async def test_replaced_cluster_stays_open_for_requests_in_flight_then_closes(tm
     assert new.pool is not None and not new.pool._closed
     await resources.close()
     assert new.pool._closed
+
+
+async def test_a_build_that_is_discarded_leaves_the_running_objects_alone(tmp_path: Path) -> None:
+    resources = Resources(Metrics())
+    running = build(resources, shipped_config("http://127.0.0.1:1"))
+    short = patched_routes(tmp_path, {"timeout: 10s": "timeout: 100ms"})
+    staged = Staged()
+    candidate = compile_runtime(shipped_config("http://127.0.0.1:1", routes=short), resources, staged)
+    await resources.discard(staged)  # e.g. the notifier could not be started: nothing is applied
+    assert candidate.clusters["tokopedia"].pool is not None and candidate.clusters["tokopedia"].pool._closed
+    again = build(resources, shipped_config("http://127.0.0.1:1"))
+    assert again.clusters["tokopedia"] is running.clusters["tokopedia"]  # still the running one
+    pool = running.clusters["tokopedia"].pool
+    assert pool is not None and not pool._closed
+    await resources.close()

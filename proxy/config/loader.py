@@ -20,6 +20,8 @@ from proxy.config.models import (
     AdminConfig,
     BreakerConfig,
     ClusterConfig,
+    DEFAULT_FILTERS,
+    FILTER_NAMES,
     CredentialsConfig,
     ListenAddress,
     LogConfig,
@@ -282,8 +284,12 @@ def _route(ctx: _Ctx, i: int, s: _Section) -> RouteConfig | None:
         ctx.error(u.line_of("path"), u.key_path("path"), f"{upath!r} must start with /")
     upstream = UpstreamRef(cluster=u.string("cluster", required=True), path=upath, query=u.string_list("query") or ())
     u.finish()
+    filters = s.string_list("filters", FILTER_NAMES)
+    if filters is not None:
+        for dup in sorted({f for f in filters if filters.count(f) > 1}):
+            ctx.error(s.line_of("filters"), s.key_path("filters"), f"{dup!r} is listed twice; list each filter once")
     s.finish()
-    return RouteConfig(name=name, path=path, methods=methods, require=require, upstream=upstream)
+    return RouteConfig(name=name, path=path, methods=methods, require=require, upstream=upstream, filters=filters if filters is not None else DEFAULT_FILTERS)
 
 
 def _sink(s: _Section, url_key: str, *, keyed: bool = True) -> SinkConfig:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from proxy.config.models import RequireConfig
 from proxy.errors import MethodNotAllowed, MissingHeader, UnsupportedMediaType
-from proxy.exchange import Exchange, Next, UpstreamResponse
+from proxy.exchange import Exchange, UpstreamResponse
+from proxy.filters.context import FilterContext
+from proxy.types import Next
 
 
 class ValidateRequest:
@@ -15,16 +17,19 @@ class ValidateRequest:
         self.content_type = require.content_type.lower() if require.content_type else None
         self.headers = require.headers
 
+    @classmethod
+    def from_context(cls, ctx: FilterContext) -> ValidateRequest:
+        return cls(ctx.route.methods, ctx.route.require)
+
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        request = ex.request
-        if request.method not in self.methods:
+        if ex.method not in self.methods:
             raise MethodNotAllowed(self.allow)
+        headers = ex.request.headers
         if self.content_type is not None:
             # "application/json; charset=utf-8" is fine: compare the media type only
-            raw = request.headers.get("Content-Type", "")
+            raw = headers.get("Content-Type", "")
             if raw.split(";", 1)[0].strip().lower() != self.content_type:
                 raise UnsupportedMediaType(f"content type {raw[:64]!r}")
-        headers = request.headers
         for name in self.headers:
             if not headers.get(name, "").strip():
                 raise MissingHeader(name)

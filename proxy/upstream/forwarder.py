@@ -16,6 +16,7 @@ from yarl import URL
 
 from proxy.errors import PayloadTooLarge, UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
 from proxy.exchange import Exchange, UpstreamResponse
+from proxy.headers import wire_headers
 from proxy.upstream.cluster import Cluster
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -25,10 +26,9 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 class Forwarder:
     """Built once per route: the upstream URL and method are prepared here, not per request."""
 
-    def __init__(self, cluster: Cluster, url: URL, method: str | None = None) -> None:
+    def __init__(self, cluster: Cluster, url: URL) -> None:
         self.cluster = cluster
         self.url = url
-        self.method = method  # None: the downstream method
         retry = cluster.config.retry
         self.retry_on = frozenset(retry.on)
         self.max_attempts = 1 + retry.attempts
@@ -38,7 +38,7 @@ class Forwarder:
 
     async def __call__(self, ex: Exchange) -> UpstreamResponse:
         cluster = self.cluster
-        method = self.method or ex.request.method
+        method = ex.method
         may_retry = method in IDEMPOTENT and self.max_attempts > 1
         request = ex.request
         if method in BODY_METHODS and request.body_exists:
@@ -94,7 +94,7 @@ class Forwarder:
                 if pool is not None:
                     try:
                         answer = await pool.request(
-                            pool.request_bytes(method, self._path_qs(ex), self._headers(ex), ex.body),
+                            pool.request_bytes(method, self._path_qs(ex), wire_headers(ex.upstream_headers), ex.body),
                             head_only=method == "HEAD",
                             timeout=cluster.config.timeout,
                         )
@@ -138,17 +138,6 @@ class Forwarder:
         if ex.upstream_query:
             return self.url.with_query(ex.upstream_query).raw_path_qs
         return self._raw_path
-
-    @staticmethod
-    def _headers(ex: Exchange) -> list[tuple[str, str]]:
-        headers = []
-        for name, value in ex.upstream_headers.items():
-            # The app's values were checked by the HTTP parser; ours (a token from the token
-            # endpoint) are not: a CR or LF would start a new header line on the wire.
-            if "\r" in value or "\n" in value or "\x00" in value:
-                raise UpstreamProtocolError(f"refusing to send header {name} with a control character")
-            headers.append((name, value))
-        return headers
 
     def _status_label(self, status: int) -> str:
         label = self._status_label_cache.get(status)

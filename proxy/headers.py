@@ -1,0 +1,60 @@
+"""The header policy, both directions: what of the app's request reaches the partner, and what of
+the partner's answer reaches the app. Nothing else decides it (filters add only their own header,
+e.g. the credential filter's ``Authorization``).
+"""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.errors import UpstreamProtocolError
+
+# Never forwarded: the app's own credentials and cookies, Host, hop-by-hop headers (RFC 9110 7.6.1),
+# framing (re-done by the client), and the tracing headers we set ourselves.
+DROP_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Authorization", "Cookie", "Host", "Connection", "Keep-Alive", "Proxy-Authenticate",
+        "Proxy-Authorization", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+        "Content-Length", "Expect", "Accept-Encoding", "X-Request-Id", "traceparent", "tracestate",
+    )
+)
+
+
+def upstream_headers(headers: CIMultiDictProxy[str], request_id: str, traceparent: str) -> CIMultiDict[str]:
+    """The app's headers minus everything a proxy must not forward, plus our tracing headers."""
+    upstream = CIMultiDict[str]()
+    drop = DROP_HEADERS
+    connection = headers.get("Connection")
+    if connection:  # RFC 9110 7.6.1: headers the Connection header names are hop-by-hop too
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    for name, value in headers.items():
+        if name.lower() not in drop:
+            if not value.isascii():
+                # The pure-Python parser hands non-UTF-8 bytes over as surrogates, which the
+                # client cannot encode; forward them as replacement characters instead of a 500.
+                value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            upstream.add(name, value)
+    upstream["Accept-Encoding"] = "identity"  # success bodies pass through untouched, never re-encoded
+    upstream["X-Request-Id"] = request_id
+    upstream["traceparent"] = traceparent
+    return upstream
+
+
+def wire_headers(headers: CIMultiDict[str]) -> list[tuple[str, str]]:
+    """The upstream headers as sent. The app's values were checked by the HTTP parser; ours (a token
+    from the token endpoint) are not: a CR or LF would start a new header line on the wire."""
+    out = []
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise UpstreamProtocolError(f"refusing to send header {name} with a control character")
+        out.append((name, value))
+    return out
+
+
+def downstream_headers(request_id: str, content_type: str) -> dict[str, str]:
+    """What a passed-through partner answer carries back: its content type and our request id."""
+    headers = {"X-Request-Id": request_id}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return headers

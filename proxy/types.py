@@ -1,0 +1,37 @@
+"""The request path's call shapes, in one place (as ``starlette/types.py`` does for ASGI).
+
+A route's chain is a ``Next``: it takes the exchange and returns the partner's answer. A ``Filter``
+wraps the rest of the chain; an ``Observer`` sees each finished exchange (access log, metrics) and
+never changes it. ``proxy.chain`` folds filters around the forwarder once, when config is compiled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import web
+
+from proxy.exchange import Exchange, UpstreamResponse
+
+if TYPE_CHECKING:  # typing only: routing imports this module
+    from proxy.routing import CompiledRoute
+
+Next = Callable[[Exchange], Awaitable[UpstreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Filter(Protocol):
+    """Config in the constructor, one ``__call__``. It may answer itself (raise a ``ProxyError``),
+    change the exchange before calling ``next``, or look at the partner's answer on the way back."""
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse: ...
+
+
+class Observer(Protocol):
+    """Sees each matched request start and every answered request finish (after its response is
+    built); must not raise or block. ``route`` is None for a request no route matched."""
+
+    def on_start(self, ex: Exchange, route: CompiledRoute) -> None: ...
+
+    def on_finish(self, ex: Exchange, route: CompiledRoute | None, status: int, upstream: UpstreamResponse | None) -> None: ...
