@@ -74,8 +74,9 @@ class Rig:
         return await r.text()
 
 
-async def make_rig(aiohttp_client: Any, sandbox: TestServer, loaded: LoadedConfig) -> Rig:
-    state = build_state(loaded, log_stream=io.StringIO())  # keep the communication log out of pytest's output
+async def make_rig(aiohttp_client: Any, sandbox: TestServer, loaded: LoadedConfig, log_stream: io.StringIO | None = None) -> Rig:
+    # a StringIO by default: keep the communication log out of pytest's output
+    state = build_state(loaded, log_stream=log_stream if log_stream is not None else io.StringIO())
     client = await aiohttp_client(build_data_app(state))
     state.data_up = True
     admin = await aiohttp_client(build_admin_app(state))
