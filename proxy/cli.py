@@ -13,36 +13,15 @@ from pathlib import Path
 
 from proxy.config import DEFAULT_ERRORS, DEFAULT_ROUTES, load_config
 from proxy.errors import ConfigError
+from proxy.serve import print_problems as _print_problems
+from proxy.serve import setup_logging
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-
-
-def _setup_logging(level: str = "info") -> None:
-    # Operational logs go to stderr; stdout carries the communication log (one JSON line per call).
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}',
-    )
-
-
-def _use_uvloop() -> None:
-    try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=str(DEFAULT_ROUTES), help="routes file (default: %(default)s)")
     p.add_argument("--errors", default=str(DEFAULT_ERRORS), help="error tables file (default: %(default)s)")
-
-
-def _print_problems(exc: ConfigError) -> None:
-    for problem in exc.problems:
-        print(problem, file=sys.stderr)
-    print(f"{len(exc.problems)} problem(s); nothing was started", file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -52,7 +31,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return EXIT_INVALID
     for note in loaded.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(note if note.startswith("warning: ") else f"note: {note}", file=sys.stderr)
     rules = sum(len(t.rules) for t in loaded.errors.values())
     print(
         f"ok: {args.config} and {args.errors} are valid "
@@ -63,39 +42,25 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from proxy.server import fingerprints
-
-    read_at = fingerprints(args.config, args.errors)  # before reading: an edit from now on is a change
-    try:
-        loaded = load_config(args.config, args.errors)
-    except ConfigError as exc:
-        _print_problems(exc)
-        return EXIT_INVALID
-    _setup_logging(loaded.proxy.log.level)
     workers = getattr(args, "workers", 1)
     if workers > 1:
         from proxy.workers import run_workers
 
+        try:  # validate once here, so a bad file is one message, not one per worker
+            load_config(args.config, args.errors)
+        except ConfigError as exc:
+            _print_problems(exc)
+            return EXIT_INVALID
         return run_workers(workers, args.config, args.errors)
+    from proxy.serve import serve_one
 
-    from proxy.server import Server
-
-    _use_uvloop()
-
-    async def main() -> int:
-        return await Server(loaded, reuse_port=getattr(args, "reuse_port", False), read_at=read_at).run(args.config, args.errors)
-
-    try:
-        return asyncio.run(main())
-    except OSError as exc:  # a port in use or not ours to bind: say which, no traceback
-        print(f"partner-proxy: cannot listen ({loaded.proxy.listen} / {loaded.proxy.admin.listen}): {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_INVALID
+    return serve_one(args.config, args.errors, reuse_port=getattr(args, "reuse_port", False))
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from proxy.sandbox import SandboxSettings, run_sandbox
 
-    _setup_logging()
+    setup_logging()
     settings = SandboxSettings(client_id=args.client_id, client_secret=args.client_secret, token_ttl=args.token_ttl)
 
     async def main() -> int:
@@ -171,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_INVALID
-    _setup_logging("warning")
+    setup_logging("warning")
 
     async def main() -> int:
         sandbox = await run_sandbox("127.0.0.1", args.sandbox_port, SandboxSettings(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET))

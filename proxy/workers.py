@@ -31,11 +31,9 @@ MAX_RESTARTS = 5
 def _worker_main(routes: str, errors: str) -> None:
     # Imported here: the worker is a fresh (spawned) interpreter whose prometheus-client must see
     # PROMETHEUS_MULTIPROC_DIR before any metric exists.
-    import argparse
+    from proxy.serve import serve_one
 
-    from proxy.cli import cmd_serve
-
-    raise SystemExit(cmd_serve(argparse.Namespace(config=routes, errors=errors, workers=1, reuse_port=True)))
+    raise SystemExit(serve_one(routes, errors, reuse_port=True))
 
 
 def _prepare_metrics_dir() -> tuple[str, bool]:

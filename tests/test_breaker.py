@@ -86,7 +86,7 @@ async def breaker_rig(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path, 
         tmp_path,
         {
             "circuit_breaker: {fail_max: 5, reset_timeout: 30s, half_open_max_calls: 1}": f"circuit_breaker: {{fail_max: {fail_max}, reset_timeout: {reset}, half_open_max_calls: {half_open}}}",
-            "retry: {attempts: 1, on: [connect_failure, 5xx]}": f"retry: {{attempts: {attempts}, on: [connect_failure, 5xx]}}",
+            "retry: {attempts: 1, retry_on: [connect_failure, 5xx]}": f"retry: {{attempts: {attempts}, retry_on: [connect_failure, 5xx]}}",
             "max_connections: 100": f"max_connections: {max_connections}",
         },
     )

@@ -53,7 +53,7 @@ def test_shipped_config_is_valid_and_compiled() -> None:
     assert str(cfg.admin.listen) == "0.0.0.0:9901"
     assert cfg.credentials["tokopedia"].refresh_before == 600
     assert cfg.clusters["tokopedia"].circuit_breaker.reset_timeout == 30
-    assert cfg.clusters["tokopedia"].retry.on == ("connect_failure", "5xx")
+    assert cfg.clusters["tokopedia"].retry.retry_on == ("connect_failure", "5xx")
     route = cfg.routes[0]
     assert (route.path, route.methods, route.upstream.query) == ("/v1/products", ("GET",), ("product_code",))
     assert "s3cret-value" not in repr(cfg)  # secrets never print
@@ -139,9 +139,9 @@ def test_env_defaults_and_overrides() -> None:
 
 
 def test_yaml_11_booleans_do_not_eat_keys(tmp_path: Path) -> None:
-    routes, errors = copy_with(tmp_path, ("retry: {attempts: 1, on: [connect_failure, 5xx]}", "retry: {attempts: 0, on: [timeout]}"))
+    routes, errors = copy_with(tmp_path, ("retry: {attempts: 1, retry_on: [connect_failure, 5xx]}", "retry: {attempts: 0, retry_on: [timeout]}"))
     loaded = load_config(routes, errors, env=ENV)
-    assert loaded.proxy.clusters["tokopedia"].retry.on == ("timeout",)
+    assert loaded.proxy.clusters["tokopedia"].retry.retry_on == ("timeout",)
     assert loaded.proxy.clusters["tokopedia"].retry.attempts == 0
 
 

@@ -56,8 +56,8 @@ def parse_range(text: str) -> CodeRange | None:
 class ErrorRule:
     type: str
     code: str
-    status: int
     messages: Mapping[str, str]
+    status: int = 502
     exact: tuple[str, ...] = ()
     ranges: tuple[CodeRange, ...] = ()
     http_status: tuple[int, ...] = ()

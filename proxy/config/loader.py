@@ -34,6 +34,7 @@ from proxy.config.models import (
     SinkConfig,
     TokenCacheConfig,
     UpstreamRef,
+    defaults,
 )
 from proxy.config.source import EnvResolver, LineDict, LineList, YamlError, load_yaml
 from proxy.errors import ConfigError
@@ -46,6 +47,8 @@ DEFAULT_ERRORS = Path("config/errors.yaml")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 RETRY_ON = ("connect_failure", "timeout", "5xx")
 BREAKER_FAILURES = ("connect_failure", "timeout", "5xx")
+CLIENTS = ("http11", "aiohttp")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,14 @@ class _Ctx:
     problems: list[str] = field(default_factory=list)
     lines: dict[str, int] = field(default_factory=dict)  # cross-file references, for their line
 
+    warnings: list[str] = field(default_factory=list)
+
     def error(self, line: int, path: str, message: str) -> None:
         self.problems.append(f"{self.file}:{line}: {path}: {message}" if path else f"{self.file}:{line}: {message}")
+
+    def warn(self, line: int, path: str, message: str) -> None:
+        """Loads, but should be changed (an old key): ``check`` prints it, ``serve`` logs it."""
+        self.warnings.append(f"{self.file}:{line}: {path}: {message}")
 
 
 class _Section:
@@ -207,59 +216,77 @@ def _url(s: _Section, key: str, default: str = "", *, required: bool = False) ->
     return value
 
 
-def _credentials(ctx: _Ctx, name: str, s: _Section, strict_env: bool) -> CredentialsConfig:
-    ctype = s.string("type", "oauth2_client_credentials")
-    if ctype != "oauth2_client_credentials":
-        ctx.error(s.line_of("type"), s.key_path("type"), f"{ctype!r} is not supported; use oauth2_client_credentials")
+def _credentials(ctx: _Ctx, name: str, s: _Section) -> CredentialsConfig:
+    d = defaults(CredentialsConfig)
+    ctype = s.string("type", d["type"])
+    if ctype != d["type"]:
+        ctx.error(s.line_of("type"), s.key_path("type"), f"{ctype!r} is not supported; use {d['type']}")
     cfg = CredentialsConfig(
         name=name,
         type=ctype,
         token_url=_url(s, "token_url", required=True),
         client_id=s.string("client_id", required=True),
         client_secret=Secret(s.string("client_secret", required=True)),
-        refresh_before=s.duration("refresh_before", 600.0),
-        timeout=s.duration("timeout", 5.0),
-        scope=s.string("scope") or None,
+        refresh_before=s.duration("refresh_before", d["refresh_before"]),
+        timeout=s.duration("timeout", d["timeout"]),
+        scope=s.string("scope") or d["scope"],
     )
     s.finish()
     return cfg
 
 
+def _retry_on(ctx: _Ctx, rs: _Section, default: tuple[str, ...]) -> tuple[str, ...]:
+    """``retry_on`` (Envoy's word). The old ``on`` still loads, with a warning: under YAML 1.1 (PyYAML
+    dumps, Helm's toYaml, yq, older Go libraries) the key ``on`` turns into the boolean true."""
+    new = rs.string_list("retry_on", RETRY_ON)
+    if rs.has("on"):
+        old = rs.string_list("on", RETRY_ON)
+        if new is not None:
+            ctx.error(rs.line_of("on"), rs.key_path("on"), "both on and retry_on are set; keep retry_on only")
+        else:
+            ctx.warn(rs.line_of("on"), rs.key_path("on"), "is the old name of retry_on (YAML 1.1 tools turn the key on into true); write retry_on instead")
+            new = old
+    return new or default
+
+
 def _cluster(ctx: _Ctx, name: str, s: _Section) -> ClusterConfig:
+    d = defaults(ClusterConfig)
     cb = s.section("circuit_breaker")
+    db = defaults(BreakerConfig)
     breaker = BreakerConfig(
-        fail_max=cb.integer("fail_max", 5, minimum=1),
-        reset_timeout=cb.duration("reset_timeout", 30.0),
-        half_open_max_calls=cb.integer("half_open_max_calls", 1, minimum=1),
-        failures=cb.string_list("failures", BREAKER_FAILURES) or BREAKER_FAILURES,
+        fail_max=cb.integer("fail_max", db["fail_max"], minimum=1),
+        reset_timeout=cb.duration("reset_timeout", db["reset_timeout"]),
+        half_open_max_calls=cb.integer("half_open_max_calls", db["half_open_max_calls"], minimum=1),
+        failures=cb.string_list("failures", BREAKER_FAILURES) or db["failures"],
     )
     cb.finish()
     rs = s.section("retry")
+    dr = defaults(RetryConfig)
     retry = RetryConfig(
-        attempts=rs.integer("attempts", 1, minimum=0),
-        on=rs.string_list("on", RETRY_ON) or ("connect_failure", "5xx"),
-        backoff_base=rs.duration("backoff_base", 0.025),
-        backoff_max=rs.duration("backoff_max", 0.25),
-        budget_ratio=rs.number("budget_ratio", 0.2),
-        budget_min_per_second=rs.number("budget_min_per_second", 3.0),
+        attempts=rs.integer("attempts", dr["attempts"], minimum=0),
+        retry_on=_retry_on(ctx, rs, dr["retry_on"]),
+        backoff_base=rs.duration("backoff_base", dr["backoff_base"]),
+        backoff_max=rs.duration("backoff_max", dr["backoff_max"]),
+        budget_ratio=rs.number("budget_ratio", dr["budget_ratio"]),
+        budget_min_per_second=rs.number("budget_min_per_second", dr["budget_min_per_second"]),
     )
     rs.finish()
     base_url = _url(s, "base_url", required=True).rstrip("/")
     cfg = ClusterConfig(
         name=name,
         base_url=base_url,
-        credentials=s.string("credentials") or None,
+        credentials=s.string("credentials") or d["credentials"],
         errors=s.string("errors", required=True),
-        timeout=s.duration("timeout", 10.0),
-        connect_timeout=s.duration("connect_timeout", 2.0),
-        max_connections=s.integer("max_connections", 100, minimum=1),
+        timeout=s.duration("timeout", d["timeout"]),
+        connect_timeout=s.duration("connect_timeout", d["connect_timeout"]),
+        max_connections=s.integer("max_connections", d["max_connections"], minimum=1),
         circuit_breaker=breaker,
         retry=retry,
-        max_response_bytes=s.integer("max_response_bytes", 8 * 1024 * 1024, minimum=1024),
-        client=s.string("client", "http11") or "http11",
+        max_response_bytes=s.integer("max_response_bytes", d["max_response_bytes"], minimum=1024),
+        client=s.string("client", d["client"]) or d["client"],
     )
-    if cfg.client not in ("http11", "aiohttp"):
-        ctx.error(s.line_of("client"), s.key_path("client"), f"{cfg.client!r} is not one of http11, aiohttp")
+    if cfg.client not in CLIENTS:
+        ctx.error(s.line_of("client"), s.key_path("client"), f"{cfg.client!r} is not one of {', '.join(CLIENTS)}")
     s.finish()
     return cfg
 
@@ -270,7 +297,7 @@ def _route(ctx: _Ctx, i: int, s: _Section) -> RouteConfig | None:
     path = m.string("path", required=True)
     if path and not path.startswith("/"):
         ctx.error(m.line_of("path"), m.key_path("path"), f"{path!r} must start with /")
-    methods = tuple(x.upper() for x in (m.string_list("methods") or ("GET",)))
+    methods = tuple(x.upper() for x in (m.string_list("methods") or defaults(RouteConfig)["methods"]))
     for meth in methods:
         if meth not in HTTP_METHODS:
             ctx.error(m.line_of("methods"), m.key_path("methods"), f"{meth!r} is not one of {', '.join(HTTP_METHODS)}")
@@ -303,14 +330,15 @@ def _sink(s: _Section, url_key: str, *, keyed: bool = True) -> SinkConfig:
 
 
 def _notifications(s: _Section) -> NotificationsConfig:
+    d = defaults(NotificationsConfig)
     slack = _sink(s.section("slack"), "webhook_url", keyed=False)
     datadog = _sink(s.section("datadog"), "api_url")
     newrelic = _sink(s.section("newrelic"), "api_url")
     cfg = NotificationsConfig(
-        dedup_window=s.duration("dedup_window", 60.0),
-        timeout=s.duration("timeout", 5.0),
-        queue_size=s.integer("queue_size", 1000, minimum=1),
-        token_failure_threshold=s.integer("token_failure_threshold", 3, minimum=1),
+        dedup_window=s.duration("dedup_window", d["dedup_window"]),
+        timeout=s.duration("timeout", d["timeout"]),
+        queue_size=s.integer("queue_size", d["queue_size"], minimum=1),
+        token_failure_threshold=s.integer("token_failure_threshold", d["token_failure_threshold"], minimum=1),
         slack=slack,
         datadog=datadog,
         newrelic=newrelic,
@@ -320,14 +348,15 @@ def _notifications(s: _Section) -> NotificationsConfig:
 
 
 def _log(s: _Section) -> LogConfig:
+    d = defaults(LogConfig)
     cfg = LogConfig(
-        level=s.string("level", "info").lower(),
-        capture_bodies=s.boolean("capture_bodies", False),
-        max_body_bytes=s.integer("max_body_bytes", 2048, minimum=0),
-        redact_fields=s.string_list("redact_fields") or (),
+        level=s.string("level", d["level"]).lower(),
+        capture_bodies=s.boolean("capture_bodies", d["capture_bodies"]),
+        max_body_bytes=s.integer("max_body_bytes", d["max_body_bytes"], minimum=0),
+        redact_fields=s.string_list("redact_fields") or d["redact_fields"],
     )
-    if cfg.level not in ("debug", "info", "warning", "error"):
-        s.ctx.error(s.line_of("level"), s.key_path("level"), f"{cfg.level!r} is not one of debug, info, warning, error")
+    if cfg.level not in LOG_LEVELS:
+        s.ctx.error(s.line_of("level"), s.key_path("level"), f"{cfg.level!r} is not one of {', '.join(LOG_LEVELS)}")
     s.finish()
     return cfg
 
@@ -341,26 +370,28 @@ def _named(ctx: _Ctx, top: _Section, key: str) -> list[tuple[str, _Section]]:
     return out
 
 
-def _parse_routes(ctx: _Ctx, data: LineDict, strict_env: bool) -> ProxyConfig | None:
+def _parse_routes(ctx: _Ctx, data: LineDict) -> ProxyConfig | None:
+    d = defaults(ProxyConfig)
     top = _Section(ctx, data, "", 1)
-    listen = _listen(top, "listen", "127.0.0.1:8080")
+    listen = _listen(top, "listen", str(d["listen"]))
     admin_s = top.section("admin")
-    admin = AdminConfig(listen=_listen(admin_s, "listen", "0.0.0.0:9901"))
+    admin = AdminConfig(listen=_listen(admin_s, "listen", str(d["admin"].listen)))
     admin_s.finish()
     tc = top.section("token_cache")
+    dt = defaults(TokenCacheConfig)
     redis_url = tc.string("redis_url")
     if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         ctx.error(tc.line_of("redis_url"), tc.key_path("redis_url"), "must be a redis://, rediss:// or unix:// URL, or empty")
     token_cache = TokenCacheConfig(
         redis_url=Secret(redis_url),
-        key_prefix=tc.string("key_prefix", "partner-proxy:token:") or "partner-proxy:token:",
-        socket_timeout=tc.duration("socket_timeout", 0.25),
-        connect_timeout=tc.duration("connect_timeout", 0.25),
-        lock_ttl=tc.duration("lock_ttl", 10.0),
-        lock_wait=tc.duration("lock_wait", 5.0),
+        key_prefix=tc.string("key_prefix", dt["key_prefix"]) or dt["key_prefix"],
+        socket_timeout=tc.duration("socket_timeout", dt["socket_timeout"]),
+        connect_timeout=tc.duration("connect_timeout", dt["connect_timeout"]),
+        lock_ttl=tc.duration("lock_ttl", dt["lock_ttl"]),
+        lock_wait=tc.duration("lock_wait", dt["lock_wait"]),
     )
     tc.finish()
-    credentials = {name: _credentials(ctx, name, s, strict_env) for name, s in _named(ctx, top, "credentials")}
+    credentials = {name: _credentials(ctx, name, s) for name, s in _named(ctx, top, "credentials")}
     cluster_secs = _named(ctx, top, "clusters")
     clusters = {name: _cluster(ctx, name, s) for name, s in cluster_secs}
     for (name, s) in cluster_secs:
@@ -392,7 +423,7 @@ def _parse_routes(ctx: _Ctx, data: LineDict, strict_env: bool) -> ProxyConfig | 
             routes.append(route)
     notifications = _notifications(top.section("notifications"))
     log = _log(top.section("log"))
-    drain = top.duration("drain_timeout", 5.0)
+    drain = top.duration("drain_timeout", d["drain_timeout"])
     top.finish()
     return ProxyConfig(
         listen=listen,
@@ -445,7 +476,8 @@ def _rule(ctx: _Ctx, s: _Section, default_language: str, *, is_default: bool) ->
                 statuses.append(int(st))
         if not exact and not ranges and not statuses:
             ctx.error(s.line, s.path, "a rule needs codes: [...] or http_status: [...]; add one")
-    status = s.integer("status", 502, minimum=100)
+    dr = defaults(ErrorRule)
+    status = s.integer("status", dr["status"], minimum=100)
     if not 400 <= status <= 599:
         ctx.error(s.line_of("status"), s.key_path("status"), f"{status} is not an error status; use 400-599")
     rule = ErrorRule(
@@ -456,9 +488,9 @@ def _rule(ctx: _Ctx, s: _Section, default_language: str, *, is_default: bool) ->
         exact=tuple(exact),
         ranges=tuple(ranges),
         http_status=tuple(statuses),
-        invalidate_token=s.boolean("invalidate_token", False),
-        retry=s.boolean("retry", False),
-        notify=s.boolean("notify", False),
+        invalidate_token=s.boolean("invalidate_token", dr["invalidate_token"]),
+        retry=s.boolean("retry", dr["retry"]),
+        notify=s.boolean("notify", dr["notify"]),
         line=s.line,
         is_default=is_default,
     )
@@ -511,7 +543,7 @@ def load_config(
     rctx = _Ctx(str(routes_path), resolver)
     ectx = _Ctx(str(errors_path), resolver)
     try:
-        proxy_cfg = _parse_routes(rctx, load_yaml(routes_path), strict_env)
+        proxy_cfg = _parse_routes(rctx, load_yaml(routes_path))
     except YamlError as exc:
         problems.append(str(exc))
     try:
@@ -526,7 +558,7 @@ def load_config(
                 problems.append(f"{routes_path}:{line}: clusters.{cname}.errors: no table {cluster.errors!r} in {errors_path}; add it there or use one of: {', '.join(tables)}")
     for where, message in resolver.file_errors:
         problems.append(f"{where}: {message}")
-    notes: list[str] = []
+    notes: list[str] = [f"warning: {w}" for w in rctx.warnings + ectx.warnings]
     for var, where in resolver.missing:
         text = f"{where}: environment variable {var} is not set (nor {var}_FILE); set it, or write ${{{var}:-default}}"
         (problems if strict_env else notes).append(text)

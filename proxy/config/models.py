@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 
 class Secret:
@@ -37,6 +38,18 @@ class Secret:
         return hash(self._value)
 
 
+def defaults(cls: type) -> Mapping[str, Any]:
+    """A model's defaults by field name: the one place a default is written is the model itself;
+    the loader and ``partner-proxy schema`` both read them from here."""
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
     host: str
@@ -64,11 +77,11 @@ class TokenCacheConfig:
 @dataclass(frozen=True, slots=True)
 class CredentialsConfig:
     name: str
-    type: str                            # only "oauth2_client_credentials" today
     token_url: str
     client_id: str
     client_secret: Secret
-    refresh_before: float                # seconds before expiry to refresh in the background
+    type: str = "oauth2_client_credentials"  # the only type today
+    refresh_before: float = 600.0        # seconds before expiry to refresh in the background
     timeout: float = 5.0                 # whole token request
     scope: str | None = None
 
@@ -84,7 +97,7 @@ class BreakerConfig:
 @dataclass(frozen=True, slots=True)
 class RetryConfig:
     attempts: int = 1                    # extra tries after the first; 0 disables
-    on: tuple[str, ...] = ("connect_failure", "5xx")
+    retry_on: tuple[str, ...] = ("connect_failure", "5xx")
     backoff_base: float = 0.025
     backoff_max: float = 0.25
     budget_ratio: float = 0.2            # retries never exceed this share of requests...
@@ -95,8 +108,8 @@ class RetryConfig:
 class ClusterConfig:
     name: str
     base_url: str
-    credentials: str | None
     errors: str
+    credentials: str | None = None
     timeout: float = 10.0
     connect_timeout: float = 2.0
     max_connections: int = 100
@@ -129,9 +142,9 @@ DEFAULT_FILTERS = ("validate", "credentials", "error_rewrite")
 class RouteConfig:
     name: str
     path: str
-    methods: tuple[str, ...]
-    require: RequireConfig
     upstream: UpstreamRef
+    methods: tuple[str, ...] = ("GET",)
+    require: RequireConfig = RequireConfig()
     filters: tuple[str, ...] = DEFAULT_FILTERS
 
 
@@ -166,13 +179,12 @@ class LogConfig:
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
-    listen: ListenAddress
-    admin: AdminConfig
-    token_cache: TokenCacheConfig
-    credentials: Mapping[str, CredentialsConfig]
-    clusters: Mapping[str, ClusterConfig]
-    routes: tuple[RouteConfig, ...]
+    listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
+    admin: AdminConfig = AdminConfig(ListenAddress("0.0.0.0", 9901))
+    token_cache: TokenCacheConfig = TokenCacheConfig(Secret(""))
+    credentials: Mapping[str, CredentialsConfig] = field(default_factory=dict)
+    clusters: Mapping[str, ClusterConfig] = field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
     notifications: NotificationsConfig = NotificationsConfig()
     log: LogConfig = LogConfig()
     drain_timeout: float = 5.0
-    source: str = ""

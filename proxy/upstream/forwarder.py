@@ -30,7 +30,7 @@ class Forwarder:
         self.cluster = cluster
         self.url = url
         retry = cluster.config.retry
-        self.retry_on = frozenset(retry.on)
+        self.retry_on = frozenset(retry.retry_on)
         self.max_attempts = 1 + retry.attempts
         self._status_label_cache: dict[int, str] = {}
         self._durations: dict[str, object] = {}
