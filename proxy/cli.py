@@ -149,6 +149,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from proxy.config.schema import errors_schema, routes_schema
+
+    schema = routes_schema() if args.file == "routes" else errors_schema()
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(args.config, args.errors, strict_env=False)
@@ -221,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", type=int, default=400, help="HTTP status the partner sent with the code (default: %(default)s)")
     _config_args(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of routes.yaml or errors.yaml (for editors)",
+        description="Print a JSON Schema of routes.yaml or errors.yaml, derived from the config models. Editors' YAML plugins validate and complete the files with it; `check` remains the full validation (cross references, rule overlaps).",
+    )
+    p.add_argument("file", choices=("routes", "errors"), help="which file the schema is for")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from proxy.cli import main
-from proxy.config import load_config
+from proxy.config import LoadedConfig, load_config
 from proxy.config.durations import parse_duration
-from proxy.config.errors_table import parse_range
+from proxy.config.errors_table import ErrorRule, parse_range
 from proxy.errors import ConfigError
 from tests.helpers import ERRORS, ROOT, ROUTES
 
@@ -139,10 +141,35 @@ def test_env_defaults_and_overrides() -> None:
 
 
 def test_yaml_11_booleans_do_not_eat_keys(tmp_path: Path) -> None:
-    routes, errors = copy_with(tmp_path, ("retry: {attempts: 1, retry_on: [connect_failure, 5xx]}", "retry: {attempts: 0, retry_on: [timeout]}"))
+    routes, errors = copy_with(tmp_path, ("retry: {attempts: 1, retry_on: [connect_failure, 5xx]}", "retry: {attempts: 0, on: [timeout]}"))
     loaded = load_config(routes, errors, env=ENV)
     assert loaded.proxy.clusters["tokopedia"].retry.retry_on == ("timeout",)
     assert loaded.proxy.clusters["tokopedia"].retry.attempts == 0
+
+
+def test_the_old_retry_on_key_loads_with_a_warning_naming_the_new_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    routes, errors = copy_with(tmp_path, ("retry: {attempts: 1, retry_on: [connect_failure, 5xx]}", "retry: {attempts: 1, on: [5xx]}"))
+    assert main(["check", "--config", str(routes), "--errors", str(errors)]) == 0
+    err = capsys.readouterr().err
+    line = line_of(routes, "on: [5xx]")
+    assert f"warning: {routes}:{line}: clusters.tokopedia.retry.on: is the old name of retry_on" in err and "write retry_on instead" in err
+    both, errors = copy_with(tmp_path, ("retry: {attempts: 1, retry_on: [connect_failure, 5xx]}", "retry: {retry_on: [5xx], on: [5xx]}"))
+    assert any("both on and retry_on are set" in p for p in problems(both, errors))
+
+
+def test_the_shipped_files_survive_a_yaml_11_round_trip(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) safe_load -> safe_dump, as Helm's toYaml or yq would: still valid, same config."""
+    routes, errors = tmp_path / "routes.yaml", tmp_path / "errors.yaml"
+    routes.write_text(yaml.safe_dump(yaml.safe_load(ROUTES.read_text())))
+    errors.write_text(yaml.safe_dump(yaml.safe_load(ERRORS.read_text())))
+    out = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(routes), "--errors", str(errors)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    tripped, shipped = load_config(routes, errors, env=ENV), load_config(ROUTES, ERRORS, env=ENV)
+    assert tripped.proxy == shipped.proxy
+    def rules(loaded: LoadedConfig) -> dict[str, list[ErrorRule]]:  # line numbers differ, nothing else may
+        return {n: [dataclasses.replace(r, line=0) for r in t.rules] for n, t in loaded.errors.items()}
+
+    assert rules(tripped) == rules(shipped)
 
 
 @pytest.mark.parametrize("text,seconds", [("500ms", 0.5), ("30s", 30), ("10m", 600), ("1h", 3600), (3, 3.0), ("2", 2.0)])
@@ -188,5 +215,5 @@ def test_explain_shows_rule_and_answer(capsys: pytest.CaptureFixture[str], monke
 
 def test_python_dash_m_help_lists_every_command() -> None:
     out = subprocess.run([sys.executable, "-m", "proxy", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=30).stdout
-    for command in ("serve", "check", "sandbox", "demo", "explain"):
+    for command in ("serve", "check", "sandbox", "demo", "explain", "schema"):
         assert command in out

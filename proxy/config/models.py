@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any
+
+# Markers the JSON Schema (``partner-proxy schema``) reads off the field types; to Python they are
+# plain floats and strings.
+Duration = Annotated[float, "duration"]  # "500ms", "30s", "10m", or a bare number of seconds
+Url = Annotated[str, "url"]
 
 
 class Secret:
@@ -68,28 +73,28 @@ class AdminConfig:
 class TokenCacheConfig:
     redis_url: Secret                    # may embed a password: redacted like any secret
     key_prefix: str = "partner-proxy:token:"
-    socket_timeout: float = 0.25         # redis-py waits forever by default; a token lookup must not
-    connect_timeout: float = 0.25
-    lock_ttl: float = 10.0               # the cross-replica fetch lock expires by itself after this
-    lock_wait: float = 5.0               # how long a replica waits for another's fetch before fetching itself
+    socket_timeout: Duration = 0.25         # redis-py waits forever by default; a token lookup must not
+    connect_timeout: Duration = 0.25
+    lock_ttl: Duration = 10.0               # the cross-replica fetch lock expires by itself after this
+    lock_wait: Duration = 5.0               # how long a replica waits for another's fetch before fetching itself
 
 
 @dataclass(frozen=True, slots=True)
 class CredentialsConfig:
     name: str
-    token_url: str
+    token_url: Url
     client_id: str
     client_secret: Secret
     type: str = "oauth2_client_credentials"  # the only type today
-    refresh_before: float = 600.0        # seconds before expiry to refresh in the background
-    timeout: float = 5.0                 # whole token request
+    refresh_before: Duration = 600.0        # seconds before expiry to refresh in the background
+    timeout: Duration = 5.0                 # whole token request
     scope: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     fail_max: int = 5
-    reset_timeout: float = 30.0
+    reset_timeout: Duration = 30.0
     half_open_max_calls: int = 1
     failures: tuple[str, ...] = ("connect_failure", "timeout", "5xx")
 
@@ -98,8 +103,8 @@ class BreakerConfig:
 class RetryConfig:
     attempts: int = 1                    # extra tries after the first; 0 disables
     retry_on: tuple[str, ...] = ("connect_failure", "5xx")
-    backoff_base: float = 0.025
-    backoff_max: float = 0.25
+    backoff_base: Duration = 0.025
+    backoff_max: Duration = 0.25
     budget_ratio: float = 0.2            # retries never exceed this share of requests...
     budget_min_per_second: float = 3.0   # ...except this floor, so low traffic can still retry
 
@@ -107,11 +112,11 @@ class RetryConfig:
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
-    base_url: str
+    base_url: Url
     errors: str
     credentials: str | None = None
-    timeout: float = 10.0
-    connect_timeout: float = 2.0
+    timeout: Duration = 10.0
+    connect_timeout: Duration = 2.0
     max_connections: int = 100
     circuit_breaker: BreakerConfig = field(default_factory=BreakerConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
@@ -160,8 +165,8 @@ class SinkConfig:
 
 @dataclass(frozen=True, slots=True)
 class NotificationsConfig:
-    dedup_window: float = 60.0
-    timeout: float = 5.0
+    dedup_window: Duration = 60.0
+    timeout: Duration = 5.0
     queue_size: int = 1000
     token_failure_threshold: int = 3     # consecutive token-fetch failures before notifying
     slack: SinkConfig = SinkConfig(Secret(""))
@@ -187,4 +192,4 @@ class ProxyConfig:
     routes: tuple[RouteConfig, ...] = ()
     notifications: NotificationsConfig = NotificationsConfig()
     log: LogConfig = LogConfig()
-    drain_timeout: float = 5.0
+    drain_timeout: Duration = 5.0

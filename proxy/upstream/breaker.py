@@ -69,8 +69,12 @@ class BreakerGuard:
         self._on_open = on_open
         self._trials = 0
         self._failures = frozenset(config.failures)
+        # Our own (public) memory storage, so when the breaker opened is read through pybreaker's
+        # documented storage API rather than the breaker's private ``_state_storage``.
+        self._storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=config.fail_max,
+            state_storage=self._storage,
             reset_timeout=config.reset_timeout,
             listeners=[_Listener(self)],
             name=cluster,
@@ -82,7 +86,7 @@ class BreakerGuard:
         return _STATE_NAMES.get(self._breaker.current_state, "closed")
 
     def retry_after(self) -> float:
-        opened_at = self._breaker._state_storage.opened_at
+        opened_at = self._storage.opened_at
         if opened_at is None:
             return self.config.reset_timeout
         left = (opened_at - datetime.now(UTC)).total_seconds() + self.config.reset_timeout
@@ -115,7 +119,7 @@ class BreakerGuard:
         return True
 
     def _still_open(self) -> bool:
-        opened_at = self._breaker._state_storage.opened_at
+        opened_at = self._storage.opened_at
         return opened_at is not None and (datetime.now(UTC) - opened_at).total_seconds() < self.config.reset_timeout
 
     def record(self, trial: bool, failure_kind: str | None) -> None:
@@ -123,7 +127,7 @@ class BreakerGuard:
         if trial:
             self._trials -= 1
         state = self._breaker.current_state
-        if failure_kind is None and state == pybreaker.STATE_CLOSED and not self._breaker._state_storage.counter:
+        if failure_kind is None and state == pybreaker.STATE_CLOSED and not self._breaker.fail_counter:
             return  # the common case: nothing for pybreaker to reset or count (saves its locks and listeners)
         if state == pybreaker.STATE_OPEN:
             return  # another attempt already opened it; a late answer must not close or extend it
