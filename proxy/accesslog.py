@@ -9,7 +9,7 @@ from typing import Any
 
 from proxy.commlog import CommunicationLog, LogPolicy, encode
 from proxy.exchange import Exchange, UpstreamResponse
-from proxy.routing import CompiledRoute
+from proxy.types import CompiledRoute
 
 PARTNER_CALL_FIELDS = (
     "request_id", "traceparent", "route", "client_id", "cluster", "method", "upstream_path", "attempts", "status",

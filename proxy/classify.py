@@ -9,28 +9,10 @@ is never parsed (no JSON work on the hot path); only a non-success answer is rea
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-
 from proxy.config.errors_table import ErrorTable
-from proxy.errors import PartnerError
-from proxy.exchange import UpstreamResponse
+from proxy.exchange import UpstreamResponse, Verdict
 
 _MAX_ERROR_BODY = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    partner_code: str | None
-    error: PartnerError | None           # the envelope the app gets; None for a success
-    error_type: str | None = None
-    invalidate_token: bool = False       # the partner rejected the token that was used (401, P08)
-    retry_with_fresh_token: bool = False # ...and refused before acting: one re-send is safe
-    notify: bool = False
-    unmapped: bool = False               # only the table's default matched
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 SUCCESS = Verdict(partner_code=None, error=None)

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-if TYPE_CHECKING:  # typing only: classify imports this module
-    from proxy.classify import Verdict
+from proxy.errors import PartnerError
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a partner answer means by the route's errors.yaml table (``proxy.classify``)."""
+
+    partner_code: str | None
+    error: PartnerError | None           # the envelope the app gets; None for a success
+    error_type: str | None = None
+    invalidate_token: bool = False       # the partner rejected the token that was used (401, P08)
+    retry_with_fresh_token: bool = False # ...and refused before acting: one re-send is safe
+    notify: bool = False
+    unmapped: bool = False               # only the table's default matched
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.metrics import Metrics
-from proxy.routing import CompiledRoute
+from proxy.types import CompiledRoute
 
 UNMATCHED = "unmatched"  # the route label of requests no route matched (never the request's path)
 

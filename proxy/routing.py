@@ -3,21 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from proxy.tracing import LanguagePicker
-from proxy.types import Next
-
-
-@dataclass(frozen=True, slots=True)
-class CompiledRoute:
-    name: str
-    path: str
-    cluster: str
-    upstream_path: str
-    query: tuple[str, ...]            # allow-listed query parameters forwarded upstream
-    chain: Next
-    language: LanguagePicker          # Accept-Language -> one of the route's error-table languages
+from proxy.types import CompiledRoute
 
 
 class RouteTable:

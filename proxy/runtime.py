@@ -22,9 +22,9 @@ from proxy.config.models import NotificationsConfig
 from proxy.filters import FilterContext, build_filters
 from proxy.oauth import TokenProvider
 from proxy.resources import Resources, Staged
-from proxy.routing import CompiledRoute, RouteTable
+from proxy.routing import RouteTable
 from proxy.tracing import LanguagePicker
-from proxy.types import Observer
+from proxy.types import CompiledRoute, Observer
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.forwarder import Forwarder
 

@@ -1,6 +1,6 @@
 """The request path's call shapes, in one place (as ``starlette/types.py`` does for ASGI).
 
-A route's chain is a ``Next``: it takes the exchange and returns the partner's answer. A ``Filter``
+A ``CompiledRoute`` is one route ready to serve: its names and its chain. A route's chain is a ``Next``: it takes the exchange and returns the partner's answer. A ``Filter``
 wraps the rest of the chain; an ``Observer`` sees each finished exchange (access log, metrics) and
 never changes it. ``proxy.chain`` folds filters around the forwarder once, when config is compiled.
 """
@@ -8,17 +8,27 @@ never changes it. ``proxy.chain`` folds filters around the forwarder once, when 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
 from proxy.exchange import Exchange, UpstreamResponse
-
-if TYPE_CHECKING:  # typing only: routing imports this module
-    from proxy.routing import CompiledRoute
+from proxy.tracing import LanguagePicker
 
 Next = Callable[[Exchange], Awaitable[UpstreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    name: str
+    path: str
+    cluster: str
+    upstream_path: str
+    query: tuple[str, ...]            # allow-listed query parameters forwarded upstream
+    chain: Next
+    language: LanguagePicker          # Accept-Language -> one of the route's error-table languages
 
 
 class Filter(Protocol):

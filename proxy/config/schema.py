@@ -10,6 +10,7 @@ cross references and error-table overlaps, which a schema cannot express.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any
 
@@ -50,10 +51,10 @@ def _scalar(hint: Any) -> dict[str, Any]:
     origin = typing.get_origin(base)
     if origin is tuple:
         return dict(STRINGS)
-    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+    if origin is typing.Union or origin is types.UnionType:
         inner = [a for a in typing.get_args(base) if a is not type(None)]
         return {**_scalar(inner[0])} if len(inner) == 1 else {}
-    if dataclasses.is_dataclass(base):
+    if isinstance(base, type) and dataclasses.is_dataclass(base):
         return section(base)
     return {}
 

@@ -8,15 +8,25 @@ is sent once more with a fresh token.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from proxy.classify import Classifier
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.filters.context import FilterContext
-from proxy.oauth import TokenProvider
+from proxy.oauth.token import Token
 from proxy.types import Next
 
 
+class Tokens(Protocol):
+    """What the filter needs of a token provider (``proxy.oauth.TokenProvider`` in production)."""
+
+    async def get(self) -> Token: ...
+
+    async def renew(self, rejected: str) -> Token: ...
+
+
 class InjectCredentials:
-    def __init__(self, provider: TokenProvider, classify: Classifier) -> None:
+    def __init__(self, provider: Tokens, classify: Classifier) -> None:
         self.provider = provider
         self.classify = classify
 
