@@ -617,15 +617,14 @@ def test_sidecar_env_and_secret_files(sidecar: dict[str, Any], pod_spec: dict[st
     env = deployment_env(sidecar)
     assert env["PROXY_LISTEN"].startswith("127.0.0.1:"), "the data listener stays on loopback"
     assert env["PROXY_ADMIN_LISTEN"] == f"0.0.0.0:{ADMIN_PORT}"
-    assert env["REDIS_URL"] == "redis://partner-proxy-redis:6379/0"
+    assert "REDIS_URL" not in env, "the Redis URL holds a password: it comes from a Secret file (REDIS_URL_FILE)"
     assert "TOKOPEDIA_CLIENT_ID" not in env and "TOKOPEDIA_CLIENT_SECRET" not in env, "secrets come from files"
-    secret = load_docs(K8S / "secret.example.yaml")[0]
-    for var in ("TOKOPEDIA_CLIENT_ID_FILE", "TOKOPEDIA_CLIENT_SECRET_FILE"):
+    for var in ("TOKOPEDIA_CLIENT_ID_FILE", "TOKOPEDIA_CLIENT_SECRET_FILE", "REDIS_URL_FILE"):
         path = PurePosixPath(env[var])
         mount = next(m for m in sidecar["volumeMounts"] if PurePosixPath(m["mountPath"]) == path.parent)
         assert mount.get("readOnly") is True
         volume = next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
-        assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+        secret = example_secret(volume["secret"]["secretName"])
         assert path.name in secret["stringData"], f"{var} names key {path.name}, which the Secret does not have"
 
 
@@ -645,38 +644,99 @@ def test_image_and_deployment_agree(sidecar: dict[str, Any]) -> None:
 # (g) the shipped config, loaded with the env the Deployment sets
 
 
-def _deployment_env_with_secret_files(sidecar: dict[str, Any], tmp_path: Path) -> dict[str, str]:
-    """The sidecar's env, with the Secret's example values written where *_FILE points (under tmp_path)."""
+def example_secret(name: str) -> dict[str, Any]:
+    hits = [d for d in load_docs(K8S / "secret.example.yaml") if d["metadata"]["name"] == name]
+    assert len(hits) == 1, f"secret.example.yaml has no Secret named {name}"
+    return hits[0]
+
+
+def _deployment_env_with_secret_files(sidecar: dict[str, Any], tmp_path: Path, pod_spec: dict[str, Any]) -> dict[str, str]:
+    """The sidecar's env, with the Secrets' example values written where *_FILE points (under tmp_path)."""
     env = deployment_env(sidecar)
-    secret = load_docs(K8S / "secret.example.yaml")[0]
     for var, value in list(env.items()):
         if var.endswith("_FILE"):
-            local = tmp_path / PurePosixPath(value).relative_to("/")
+            path = PurePosixPath(value)
+            mount = next(m for m in sidecar["volumeMounts"] if PurePosixPath(m["mountPath"]) == path.parent)
+            volume = next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+            secret = example_secret(volume["secret"]["secretName"])
+            local = tmp_path / path.relative_to("/")
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_text(secret["stringData"][local.name] + "\n", encoding="utf-8")
             env[var] = str(local)
     return env
 
 
-def test_shipped_config_loads_with_the_deployment_env(sidecar: dict[str, Any], tmp_path: Path) -> None:
-    env = _deployment_env_with_secret_files(sidecar, tmp_path)
+def test_shipped_config_loads_with_the_deployment_env(sidecar: dict[str, Any], pod_spec: dict[str, Any], tmp_path: Path) -> None:
+    env = _deployment_env_with_secret_files(sidecar, tmp_path, pod_spec)
     routes, errors = ROOT / "config" / "routes.yaml", ROOT / "config" / "errors.yaml"
     load_config(routes, errors, env=env, strict_env=False)  # what `partner-proxy check` does
     loaded = load_config(routes, errors, env=env, strict_env=True)  # what `serve` does
     cfg = loaded.proxy
     assert str(cfg.listen) == env["PROXY_LISTEN"]
     assert str(cfg.admin.listen) == env["PROXY_ADMIN_LISTEN"]
-    assert cfg.token_cache.redis_url.reveal() == env["REDIS_URL"]
-    secret = load_docs(K8S / "secret.example.yaml")[0]["stringData"]
+    redis_url = example_secret("partner-proxy-redis")["stringData"]["redis-url"]
+    assert cfg.token_cache.redis_url.reveal() == redis_url, "REDIS_URL_FILE: the whole URL, trailing newline dropped"
+    assert "@partner-proxy-redis:6379/0" in redis_url
+    secret = example_secret("partner-proxy-tokopedia")["stringData"]
     creds = cfg.credentials["tokopedia"]
     assert creds.client_id == secret["client_id"], "the trailing newline of a Secret file is dropped"
     assert creds.client_secret.reveal() == secret["client_secret"]
 
 
-def test_partner_proxy_check_accepts_the_shipped_config_with_the_deployment_env(sidecar: dict[str, Any], tmp_path: Path) -> None:
-    env = {**os.environ, **_deployment_env_with_secret_files(sidecar, tmp_path)}
+def test_partner_proxy_check_accepts_the_shipped_config_with_the_deployment_env(sidecar: dict[str, Any], pod_spec: dict[str, Any], tmp_path: Path) -> None:
+    env = {**os.environ, **_deployment_env_with_secret_files(sidecar, tmp_path, pod_spec)}
+    env.pop("REDIS_URL", None)  # set, REDIS_URL would win over REDIS_URL_FILE
     out = subprocess.run(
         [sys.executable, "-m", "proxy", "check", "--config", "config/routes.yaml", "--errors", "config/errors.yaml"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# (h) the token cache: password from a Secret, the minimal ACL, availability of the app
+
+
+def test_redis_users_come_from_the_secret_with_the_minimal_acl(rendered: list[dict[str, Any]]) -> None:
+    from tests.redis_topologies import SIDECAR_ACL_BASE
+
+    redis = find(rendered, "Deployment", "partner-proxy-redis")["spec"]["template"]["spec"]
+    container = redis["containers"][0]
+    args = container["args"]
+    acl_path = PurePosixPath(args[args.index("--aclfile") + 1])
+    mount = next(m for m in container["volumeMounts"] if PurePosixPath(m["mountPath"]) == acl_path.parent)
+    assert mount.get("readOnly") is True
+    volume = next(v for v in redis["volumes"] if v["name"] == mount["name"])
+    secret = example_secret(volume["secret"]["secretName"])
+    acl = secret["stringData"][acl_path.name]
+    lines = {line.split()[1]: line for line in acl.splitlines() if line.strip()}
+    assert set(lines) == {"default", "partner-proxy"}
+    assert "-@all +ping" in lines["default"] and "~" not in lines["default"], "the default user may only PING (the probes)"
+    assert SIDECAR_ACL_BASE in lines["partner-proxy"], "the sidecar's user has the ACL docs/deploy.md documents and the tests use"
+    # The sidecar's URL names that user, on the Service redis.yaml defines.
+    url = secret["stringData"]["redis-url"]
+    assert url.startswith("redis://partner-proxy:") and url.endswith("@partner-proxy-redis:6379/0")
+    password = url.split(":")[2].split("@")[0]
+    assert f">{password} " in lines["partner-proxy"], "the URL's password is the ACL user's"
+    assert "--requirepass" not in args
+
+
+def test_app_has_a_disruption_budget_and_spreads_over_nodes_and_zones(rendered: list[dict[str, Any]], pod_spec: dict[str, Any]) -> None:
+    app = find(rendered, "Deployment", "example-app")
+    labels = app["spec"]["selector"]["matchLabels"]
+    pdb = find(rendered, "PodDisruptionBudget", "example-app")
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
+    assert pdb["spec"].get("minAvailable", 0) >= 1 and pdb["spec"]["minAvailable"] < app["spec"]["replicas"], (
+        "at least one pod stays up, and a drain can still evict one"
+    )
+    spread = {c["topologyKey"]: c for c in pod_spec["topologySpreadConstraints"]}
+    assert {"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= spread.keys()
+    for c in spread.values():
+        assert c["labelSelector"]["matchLabels"] == labels and c["maxSkew"] == 1
+        assert c["whenUnsatisfiable"] == "ScheduleAnyway", "a single-node or single-zone cluster must still schedule"
+
+
+def test_docs_show_every_redis_topology() -> None:
+    text = DEPLOY_DOC.read_text(encoding="utf-8")
+    for needle in ("rediss://", "ssl_ca_certs=/etc/redis-ca/ca.crt", "redis+sentinel://", "redis+cluster://", "REDIS_URL_FILE", "partner-proxy:token:{tokopedia}"):
+        assert needle in text, f"docs/deploy.md does not show {needle}"

@@ -36,6 +36,7 @@ from proxy.config.models import (
     UpstreamRef,
     defaults,
 )
+from proxy.config.redis_url import redis_url_problem
 from proxy.config.source import EnvResolver, LineDict, LineList, YamlError, load_yaml
 from proxy.errors import ConfigError
 
@@ -380,8 +381,9 @@ def _parse_routes(ctx: _Ctx, data: LineDict) -> ProxyConfig | None:
     tc = top.section("token_cache")
     dt = defaults(TokenCacheConfig)
     redis_url = tc.string("redis_url")
-    if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-        ctx.error(tc.line_of("redis_url"), tc.key_path("redis_url"), "must be a redis://, rediss:// or unix:// URL, or empty")
+    redis_problem = redis_url_problem(redis_url)  # scheme, hosts, Sentinel service, TLS files; never the password
+    if redis_problem:
+        ctx.error(tc.line_of("redis_url"), tc.key_path("redis_url"), redis_problem)
     token_cache = TokenCacheConfig(
         redis_url=Secret(redis_url),
         key_prefix=tc.string("key_prefix", dt["key_prefix"]) or dt["key_prefix"],

@@ -11,6 +11,13 @@ Layout (prefix from ``TokenCacheConfig.key_prefix``)::
 
     <prefix><provider>        {"access_token": ..., "expires_at": <epoch s>, "issued_at": <epoch s>}  PX = ms to expiry
     <prefix><provider>:lock   <owner uuid>  NX PX lock_ttl
+
+With Redis Cluster (``redis+cluster://``) the provider is a hash tag, ``<prefix>{<provider>}`` and
+``<prefix>{<provider>}:lock``, so one provider's token and lock live in one slot (the Lua scripts
+touch one key each, but a future script may touch both). Single-node and Sentinel keep the plain
+layout, which is what operators ``GET``/``DEL`` by hand (docs/deploy.md).
+
+Which server(s) the client talks to, TLS and ACL users: ``proxy.oauth.redis_client``.
 """
 
 from __future__ import annotations
@@ -21,20 +28,14 @@ import math
 import uuid
 from typing import Final, Literal, NamedTuple
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from proxy.config.models import TokenCacheConfig
+from proxy.config.redis_url import parse_redis_url
 from proxy.metrics import Metrics
+from proxy.oauth.redis_client import RedisClient, build_client, failure_reason
 from proxy.oauth.token import Grant
-
-# Token lookups are short and mostly served from process memory; a handful of connections covers
-# the lookups, the lock and the pollers. When all are busy a caller waits at most the connect
-# timeout for one, then treats Redis as unavailable.
-POOL_SIZE: Final = 8
 
 # Every way a Redis call can fail. redis' TimeoutError/ConnectionError are RedisErrors; the
 # builtin TimeoutError (asyncio's, in 3.11) is an OSError.
@@ -98,9 +99,12 @@ class Lock(NamedTuple):
 class RedisTokenStore:
     """Token cache and fetch lock for all providers, on one small redis.asyncio pool."""
 
-    def __init__(self, client: aioredis.Redis, config: TokenCacheConfig, metrics: Metrics) -> None:
+    def __init__(self, client: RedisClient, config: TokenCacheConfig, metrics: Metrics, *, where: str = "") -> None:
         self._redis = client
         self._prefix = config.key_prefix
+        # Redis Cluster: the provider name is the hash tag, so a provider's keys share one slot.
+        self._hash_tag = isinstance(client, RedisCluster)
+        self._where = where  # for log lines: scheme, hosts and user, never the password
         self._lock_ttl_ms = max(1, int(config.lock_ttl * 1000))
         self.lock_wait: float = config.lock_wait  # how long a replica polls for another's fetch
         self._errors = {
@@ -110,31 +114,20 @@ class RedisTokenStore:
         self._discard_if_equal = client.register_script(_DISCARD_IF_EQUAL)
         self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
         self._log = logging.getLogger("proxy.oauth")
-        self._failing = False  # only to log transitions, not every failed command
+        self._failing = ""  # the reason of the current outage: logs transitions, not every failed command
 
     @classmethod
     def from_config(cls, config: TokenCacheConfig, metrics: Metrics) -> RedisTokenStore | None:
         """A store for ``config.redis_url``, or None when it is empty (in-process cache only).
 
-        No I/O happens here: the first command connects. Timeouts are explicit because redis-py
-        waits forever (or 5 s) by default; timeouts are never retried (one slow Redis must not
-        double a request's wait) but one immediate retry on a dropped connection is allowed, which
-        hides a stale pooled connection after a Redis restart.
+        No I/O happens here: the first command connects (proxy.oauth.redis_client). The URL was
+        validated by the config loader; a URL that fails here raises ``RedisUrlError``.
         """
         url = config.redis_url.reveal()
         if not url:
             return None
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=POOL_SIZE,
-            timeout=config.connect_timeout,
-            socket_timeout=config.socket_timeout,
-            socket_connect_timeout=config.connect_timeout,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            **_driver_info(),
-        )
-        return cls(aioredis.Redis.from_pool(pool), config, metrics)
+        target = parse_redis_url(url)
+        return cls(build_client(target, config), config, metrics, where=target.describe())
 
     def __repr__(self) -> str:
         return f"RedisTokenStore(prefix={self._prefix!r})"  # the URL may hold a password
@@ -147,6 +140,8 @@ class RedisTokenStore:
             pass
 
     def _key(self, provider: str) -> str:
+        if self._hash_tag:
+            return self._prefix + "{" + provider + "}"
         return self._prefix + provider
 
     # --- token -----------------------------------------------------------------------------------
@@ -215,15 +210,23 @@ class RedisTokenStore:
 
     def _failed(self, op: str, exc: BaseException) -> None:
         self._errors[op].inc()
-        if not self._failing:
-            self._failing = True
-            # The exception type only: redis error text can echo the URL (and its password).
-            self._log.warning("redis unavailable for token cache (%s on %s); using process memory", type(exc).__name__, op)
+        reason = failure_reason(exc)
+        if self._failing != reason:
+            # Once per outage (and again only if the cause changes), never per request. A fixed
+            # phrase, not redis' error text, which can echo the URL (and its password).
+            self._failing = reason
+            self._log.warning(
+                "redis token cache %s unavailable (%s on %s): %s; serving tokens from process memory and fetching directly",
+                self._where,
+                type(exc).__name__,
+                op,
+                reason,
+            )
 
     def _ok(self) -> None:
         if self._failing:
-            self._failing = False
-            self._log.info("redis token cache reachable again")
+            self._failing = ""
+            self._log.info("redis token cache %s reachable again", self._where)
 
 
 def _decode(raw: object, now: float) -> Grant | None:
@@ -246,18 +249,3 @@ def _decode(raw: object, now: float) -> Grant | None:
     if isinstance(issued_at, bool) or not isinstance(issued_at, (int, float)) or issued_at > expires_at:
         issued_at = min(now, float(expires_at))
     return Grant(value=value, issued_at=float(issued_at), expires_at=float(expires_at))
-
-
-def _driver_info() -> dict[str, object]:
-    """Resolve redis-py's CLIENT SETINFO metadata once, here, at startup.
-
-    Left to itself, redis-py looks its own version up in the installed package metadata (disk
-    reads) for every new connection, which happens on the event loop: blockbuster caught it on the
-    request path of the first token lookup (tests/test_nonblocking.py).
-    """
-    try:
-        from redis.driver_info import DriverInfo
-        from redis.utils import get_lib_version
-    except ImportError:  # older redis-py without driver_info: nothing to pre-resolve
-        return {}
-    return {"driver_info": DriverInfo(name="redis-py", lib_version=get_lib_version())}
