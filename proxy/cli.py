@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -18,12 +17,11 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
 def _setup_logging(level: str = "info") -> None:
-    # Operational logs go to stderr; stdout carries the communication log (one JSON line per call).
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}',
-    )
+    # Operational logs go to stderr as JSON lines (proxy/logsetup.py); stdout carries the
+    # communication log (one JSON line per call).
+    from proxy.logsetup import setup_logging
+
+    setup_logging(level)
 
 
 def _use_uvloop() -> None:
@@ -83,6 +81,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _use_uvloop()
 
     async def main() -> int:
+        from proxy.logsetup import install_loop_handler
+
+        install_loop_handler()
         return await Server(loaded, reuse_port=getattr(args, "reuse_port", False), read_at=read_at).run(args.config, args.errors)
 
     try:
