@@ -120,7 +120,6 @@ class Metrics:
             p + "process_start_time_seconds", "Start of the worker, seconds since the epoch", ["pid"], registry=r, multiprocess_mode="liveall"
         )
         self._cpu_seen = 0.0
-        self._cpu_child = self.process_cpu.labels(self.pid)
         self.process_start.labels(self.pid).set(_STARTED_AT)
         self.build_info.labels(version or _version()).set(1)
         for reason in ("queue_full", "export_failed", "shutdown"):
@@ -147,7 +146,7 @@ class Metrics:
         t = os.times()
         used = t.user + t.system
         if used > self._cpu_seen:
-            self._cpu_child.inc(used - self._cpu_seen)
+            self.process_cpu.labels(self.pid).inc(used - self._cpu_seen)
             self._cpu_seen = used
 
     async def sample_process(self) -> None:
