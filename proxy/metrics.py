@@ -7,15 +7,24 @@ from a closed set (status codes, states, results), never from request input.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import resource
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
-# Latency buckets for a sidecar: most answers are milliseconds, the partner timeout is ~10 s.
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Latency buckets for a sidecar: its own overhead is tens of microseconds, most partner answers are
+# milliseconds, the partner timeout is ~10 s. So 50 us to 10 s in 1-2.5-5 steps (and 30 s for the
+# slowest configured timeouts): request minus upstream duration stays readable at p50 and p99.
+_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+)
 
 _CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,15}$")
 
@@ -42,9 +51,10 @@ class Metrics:
     ``pid`` label per live worker, because each worker has its own breaker and token clock.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, version: str | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.multiprocess = multiprocess_dir() is not None
+        self.pid = str(os.getpid())
         self._expiry_sources: dict[str, Callable[[], float]] = {}
         r = self.registry
         p = "partner_proxy_"
@@ -89,6 +99,31 @@ class Metrics:
         )
         self.config_reloads = Counter(p + "config_reloads", "Config reloads by result", ["result"], registry=r)
         self.notifications = Counter(p + "notifications", "Notifications by sink and result", ["sink", "result"], registry=r)
+        self.spans_dropped = Counter(
+            p + "spans_dropped", "Trace spans lost before export (queue_full, export_failed, shutdown)", ["reason"], registry=r
+        )
+        self.spans_exported = Counter(p + "spans_exported", "Trace spans accepted by the OTLP collector", registry=r)
+        self.build_info = Gauge(
+            p + "build_info", "Always 1; the version label says which partner-proxy runs", ["version"], registry=r,
+            multiprocess_mode="max",
+        )
+        # Per worker (pid label), the same in one process and with --workers N: prometheus-client's
+        # ProcessCollector cannot run in multiprocess mode (a scrape would show only the worker that
+        # served it), and it reads /proc on the event loop at scrape time. These are sampled off the
+        # loop by ``sample_process`` (CPU time is a system call and is also taken at scrape).
+        self.process_cpu = Counter(p + "process_cpu_seconds", "User and system CPU time of the worker", ["pid"], registry=r)
+        self.process_rss = Gauge(
+            p + "process_resident_memory_bytes", "Resident memory of the worker", ["pid"], registry=r, multiprocess_mode="liveall"
+        )
+        self.process_fds = Gauge(p + "process_open_fds", "Open file descriptors of the worker", ["pid"], registry=r, multiprocess_mode="liveall")
+        self.process_start = Gauge(
+            p + "process_start_time_seconds", "Start of the worker, seconds since the epoch", ["pid"], registry=r, multiprocess_mode="liveall"
+        )
+        self._cpu_seen = 0.0
+        self.process_start.labels(self.pid).set(_STARTED_AT)
+        self.build_info.labels(version or _version()).set(1)
+        for reason in ("queue_full", "export_failed", "shutdown"):
+            self.spans_dropped.labels(reason)
 
         for result in ("success", "failure"):
             self.config_reloads.labels(result)  # exist at 0, so increase() sees the first failure
@@ -104,10 +139,29 @@ class Metrics:
     def refresh_gauges(self) -> None:
         for provider, seconds_left in self._expiry_sources.items():
             self.token_expiry.labels(provider).set(seconds_left())
+        self.sample_cpu()
+
+    def sample_cpu(self) -> None:
+        """Add the CPU time used since the last sample (``os.times``: a system call, no file read)."""
+        t = os.times()
+        used = t.user + t.system
+        if used > self._cpu_seen:
+            self.process_cpu.labels(self.pid).inc(used - self._cpu_seen)
+            self._cpu_seen = used
+
+    async def sample_process(self) -> None:
+        """Memory and descriptors from /proc, read in a thread (a file read never runs on the loop)."""
+        rss, fds = await asyncio.to_thread(_read_proc)
+        if rss is not None:
+            self.process_rss.labels(self.pid).set(rss)
+        if fds is not None:
+            self.process_fds.labels(self.pid).set(fds)
+        self.sample_cpu()
 
     def exposition(self) -> bytes:
         """The /metrics body: this process's registry, or every worker's samples in multiprocess mode."""
         if not self.multiprocess:
+            self.sample_cpu()
             return generate_latest(self.registry)
         self.refresh_gauges()
         registry = CollectorRegistry()
@@ -117,3 +171,35 @@ class Metrics:
     def set_breaker_state(self, cluster: str, state: str) -> None:
         for s in BREAKER_STATES:
             self.breaker_state.labels(cluster, s).set(1 if s == state else 0)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("partner-proxy")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_PAGE = resource.getpagesize()
+
+
+# The OS keeps a process's start time only in /proc; this module is imported within milliseconds
+# of the start, which is the resolution the gauge is for (restarts, uptime).
+_STARTED_AT = time.time()
+
+
+def _read_proc() -> tuple[float | None, int | None]:
+    rss: float | None = None
+    fds: int | None = None
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            rss = float(int(f.read().split()[1]) * _PAGE)
+    except (OSError, ValueError, IndexError):
+        rss = None
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = None
+    return rss, fds

@@ -151,15 +151,26 @@ class Sink:
         async with session.post(self._url, json=self.body(msg), headers=self.headers(), allow_redirects=False) as resp:
             await resp.read()
             if not 200 <= resp.status < 300:
-                raise _HttpStatus(resp.status)
+                raise _HttpStatus(resp.status, _retry_after(resp.headers.get("Retry-After")))
 
 
 class _HttpStatus(Exception):
     """A sink answered with a non-2xx status (only the number travels: bodies may echo input)."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, retry_after: float | None = None) -> None:
         super().__init__(status)
         self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after(header: str | None) -> float | None:
+    """``Retry-After`` in seconds (Slack sends whole seconds); an HTTP-date or garbage gives None."""
+    if not header:
+        return None
+    text = header.strip()
+    if not text.isdigit() or len(text) > 6:
+        return None
+    return float(text)
 
 
 def _slack_escape(text: str) -> str:
@@ -267,6 +278,14 @@ class Notifier:
         # How often the worker looks for windows that ended with a pending suppressed count.
         # Real seconds, independent of the injected clock; tests lower it.
         self.tick_interval = 1.0
+        # A 429 (Slack's rate limit) is retried after its Retry-After, bounded: at most
+        # ``max_tries`` posts per message and sink, and never a wait longer than
+        # ``max_retry_after`` (a longer Retry-After gives up at once). So one message holds the
+        # worker for at most (max_tries - 1) * max_retry_after plus the post timeouts, and the
+        # other sinks of that message are posted concurrently, unaffected.
+        self.max_tries = 3
+        self.max_retry_after = 10.0
+        self.default_retry_after = 1.0  # a 429 without a usable Retry-After
 
     def __repr__(self) -> str:
         state = "running" if self._worker is not None and not self._worker.done() else "idle"
@@ -445,15 +464,29 @@ class Notifier:
         await asyncio.gather(*(self._post(sink, session, msg) for sink in self._sinks))
 
     async def _post(self, sink: Sink, session: aiohttp.ClientSession, msg: Message) -> None:
+        for attempt in range(1, max(self.max_tries, 1) + 1):
+            wait = await self._post_once(sink, session, msg, last=attempt >= self.max_tries)
+            if wait is None:
+                return
+            self._count(sink.name, "rate_limited")
+            self._log.warning("notification to %s rate limited (HTTP 429); retrying in %gs", sink.name, wait)
+            await asyncio.sleep(wait)
+
+    async def _post_once(self, sink: Sink, session: aiohttp.ClientSession, msg: Message, *, last: bool) -> float | None:
+        """One post, counted; returns seconds to wait before retrying a 429, or None when done."""
         try:
             async with asyncio.timeout(self._config.timeout):
                 await sink.post(session, msg)
+        except _HttpStatus as exc:
+            if exc.status == 429 and not last:
+                wait = exc.retry_after if exc.retry_after is not None else self.default_retry_after
+                if wait <= self.max_retry_after:
+                    return wait
+            self._count(sink.name, "failure")
+            self._log.warning("notification to %s failed: HTTP %d", sink.name, exc.status)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             self._count(sink.name, "timeout")
             self._log.warning("notification to %s timed out after %gs", sink.name, self._config.timeout)
-        except _HttpStatus as exc:
-            self._count(sink.name, "failure")
-            self._log.warning("notification to %s failed: HTTP %d", sink.name, exc.status)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never out of the worker; the text may hold the URL, so log the class only
@@ -461,6 +494,7 @@ class Notifier:
             self._log.warning("notification to %s failed: %s", sink.name, type(exc).__name__)
         else:
             self._count(sink.name, "success")
+        return None
 
     def _count(self, sink: str, result: str) -> None:
         self._metrics.notifications.labels(sink, result).inc()

@@ -16,12 +16,11 @@ EXIT_OK, EXIT_INVALID = 0, 1
 
 
 def setup_logging(level: str = "info") -> None:
-    # Operational logs go to stderr; stdout carries the communication log (one JSON line per call).
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}',
-    )
+    # Operational logs go to stderr as JSON lines (proxy/logsetup.py); stdout carries the
+    # communication log (one JSON line per call).
+    from proxy.logsetup import setup_logging as setup
+
+    setup(level)
 
 
 def use_uvloop() -> None:
@@ -54,6 +53,9 @@ def serve_one(routes: str, errors: str, *, reuse_port: bool = False) -> int:
     use_uvloop()
 
     async def main() -> int:
+        from proxy.logsetup import install_loop_handler
+
+        install_loop_handler()
         return await Server(loaded, reuse_port=reuse_port, read_at=read_at).run(routes, errors)
 
     try:

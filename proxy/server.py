@@ -129,7 +129,7 @@ class Server:
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         watcher = loop.create_task(watch_files(self.state, routes_path, errors_path, self.stop, self.read_at))
-        gauges = loop.create_task(self._refresh_gauges()) if self.state.metrics.multiprocess else None
+        gauges = loop.create_task(self._refresh_gauges())
         tune_gc()
         if on_ready:
             on_ready()
@@ -147,10 +147,14 @@ class Server:
         return 0
 
     async def _refresh_gauges(self) -> None:
-        """Multiprocess mode: gauges computed at scrape time elsewhere are pushed once a second."""
+        """Once a second: the worker's memory and descriptors (read in a thread); in multiprocess
+        mode also the gauges that a single process computes at scrape time."""
+        metrics = self.state.metrics
         while True:
+            await metrics.sample_process()
+            if metrics.multiprocess:
+                metrics.refresh_gauges()
             await asyncio.sleep(1.0)
-            self.state.metrics.refresh_gauges()
 
     async def close(self) -> None:
         # Stop accepting, let in-flight requests finish (bounded by the drain timeout), then clean up.

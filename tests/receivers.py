@@ -32,12 +32,18 @@ class Recorded:
 
 @dataclass
 class Receiver:
-    """Records every POST per sink; ``mode[sink]`` is "ok", "500" or "hang"."""
+    """Records every POST per sink; ``mode[sink]`` is "ok", "500", "hang" or "429".
+
+    "429" answers ``429`` with ``Retry-After: retry_after`` to the first ``limited[sink]`` posts
+    of that sink (Slack's rate limit), then as "ok".
+    """
 
     server: TestServer | None = None
     got: dict[str, list[Recorded]] = field(default_factory=lambda: {"slack": [], "datadog": [], "newrelic": []})
     mode: dict[str, str] = field(default_factory=lambda: {"slack": "ok", "datadog": "ok", "newrelic": "ok"})
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    retry_after: str = "1"
+    limited: dict[str, int] = field(default_factory=lambda: {"slack": 1, "datadog": 1, "newrelic": 1})
 
     def url(self, path: str) -> str:
         assert self.server is not None
@@ -55,6 +61,9 @@ class Receiver:
                     pass
             if mode == "500":
                 return web.Response(status=500, text="boom")
+            if mode == "429" and self.limited[sink] > 0:
+                self.limited[sink] -= 1
+                return web.Response(status=429, text="rate_limited", headers={"Retry-After": self.retry_after})
             return web.json_response({"status": "ok"}, status=202 if sink != "slack" else 200)
 
         return handle

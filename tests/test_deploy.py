@@ -190,12 +190,59 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return lines
 
 
+# The downward API fields the example may read (the node's address for the tracing agent, and the
+# pod's identity for trace resource attributes); anything else must be a literal.
+DOWNWARD_FIELDS = {"status.hostIP", "metadata.name", "metadata.namespace", "spec.nodeName"}
+
+
 def deployment_env(container: dict[str, Any]) -> dict[str, str]:
+    """Literal values, and ``fieldRef`` entries as ``<fieldPath>`` placeholders."""
     env = {}
     for item in container.get("env", []):
-        assert "value" in item, f"env {item['name']}: only literal values are expected in the example"
+        if "valueFrom" in item:
+            path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            assert path in DOWNWARD_FIELDS, f"env {item['name']}: unexpected downward API field {path}"
+            env[item["name"]] = f"<{path}>"
+            continue
+        assert "value" in item, f"env {item['name']}: only literal values or downward API fields are expected in the example"
         env[item["name"]] = item["value"]
     return env
+
+
+def test_tracing_env_points_at_the_node_agent(sidecar: dict[str, Any]) -> None:
+    env = deployment_env(sidecar)
+    names = [item["name"] for item in sidecar["env"]]
+    assert env["HOST_IP"] == "<status.hostIP>"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://$(HOST_IP):4318"
+    assert env["OTEL_SERVICE_NAME"] == "partner-proxy"
+    attrs = dict(pair.split("=", 1) for pair in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+    assert attrs["k8s.pod.name"] == "$(POD_NAME)" and env["POD_NAME"] == "<metadata.name>"
+    assert attrs["k8s.namespace.name"] == "$(POD_NAMESPACE)" and env["POD_NAMESPACE"] == "<metadata.namespace>"
+    assert attrs["k8s.node.name"] == "$(NODE_NAME)" and env["NODE_NAME"] == "<spec.nodeName>"
+    assert attrs["service.version"] == sidecar["image"].rsplit(":", 1)[1], "service.version is the image tag"
+    # $(VAR) only expands a variable defined earlier in the list
+    for var in ("HOST_IP", "POD_NAME", "POD_NAMESPACE", "NODE_NAME"):
+        assert names.index(var) < names.index("OTEL_EXPORTER_OTLP_ENDPOINT") and names.index(var) < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio" and 0 < float(env["OTEL_TRACES_SAMPLER_ARG"]) <= 1
+
+
+def test_dashboard_has_sidecar_overhead_cpu_and_memory_panels() -> None:
+    dash = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    panels = {p["title"]: p for top in dash["panels"] for p in [top, *top.get("panels", [])]}
+    overhead = next(p for t, p in panels.items() if t.lower().startswith("sidecar overhead ("))
+    exprs = [t["expr"] for t in overhead["targets"]]
+    assert any("partner_proxy_request_duration_seconds_sum" in e and "- sum(rate(partner_proxy_upstream_request_duration_seconds_sum" in e for e in exprs)
+    assert any("histogram_quantile(0.99" in e and "partner_proxy_upstream_request_duration_seconds_bucket" in e for e in exprs)
+    queries = dashboard_queries(dash)
+    assert any("rate(partner_proxy_process_cpu_seconds_total" in q and "pid" in q for q in queries)
+    assert any("partner_proxy_process_resident_memory_bytes" in q and "pid" in q for q in queries)
+
+
+def test_duration_buckets_resolve_50_microseconds_to_10_seconds() -> None:
+    metrics = Metrics(CollectorRegistry())
+    for hist in (metrics.request_duration, metrics.upstream_duration):
+        bounds = hist._upper_bounds  # prometheus_client keeps no public accessor
+        assert bounds[0] == 0.00005 and 10.0 in bounds
 
 
 # --------------------------------------------------------------------------------------------

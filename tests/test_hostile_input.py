@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import string
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.metrics import BREAKER_STATES
 from proxy.oauth.client import REASONS
+from proxy.otel import DROP_REASONS, package_version
 from proxy.sandbox.catalogue import ERROR_CATALOGUE, is_fault_token, split_product_codes
 from tests.helpers import (
     CLIENT_ID,
@@ -654,13 +656,15 @@ async def test_metric_label_values_come_only_from_config_and_closed_sets(rig: Ri
         "state": set(BREAKER_STATES),
         "from": set(BREAKER_STATES),
         "to": set(BREAKER_STATES),
-        "result": {"success", "failure", "timeout", "dropped", *REASONS},
+        "result": {"success", "failure", "timeout", "dropped", "rate_limited", *REASONS},
         "layer": {"memory", "redis", "miss"},
         "partner_code": set(ERROR_CATALOGUE) | {"other", "none"},
         "type": {rule.type for t in loaded.errors.values() for rule in (*t.rules, t.default)},
         "op": {"get", "set", "delete", "lock", "unlock"},
-        "reason": {"connect_failure", "timeout", "5xx"},
+        "reason": {"connect_failure", "timeout", "5xx", *DROP_REASONS},
         "sink": {"slack", "datadog", "newrelic", "queue"},
+        "pid": {str(os.getpid())},
+        "version": {package_version()},
     }
     seen: dict[str, set[str]] = {}
     for name, labels, _ in samples(await rig.metrics()):

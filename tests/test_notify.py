@@ -332,3 +332,41 @@ async def test_no_secret_in_payloads_reprs_or_logs(receiver: Receiver, notifiers
     assert "notification to newrelic failed" in caplog.text
     assert not any(secret in caplog.text for secret in SECRETS)
     assert "127.0.0.1:1" not in caplog.text and "/services/" not in caplog.text
+
+
+# ---- Slack's rate limit: 429 with Retry-After -------------------------------------------------------
+
+
+async def test_slack_429_is_retried_after_retry_after_and_others_are_unaffected(receiver: Receiver, notifiers: list[Notifier]) -> None:
+    receiver.mode["slack"] = "429"
+    receiver.retry_after = "1"
+    receiver.limited["slack"] = 1
+    metrics = Metrics()
+    n = await started(notifiers, full_config(receiver), metrics)
+    n.emit(Event("breaker_open", "tokopedia", "CircuitBreakerError", "Circuit breaker for tokopedia opened"))
+    await eventually(lambda: metric(metrics, "datadog", "success") == 1 and metric(metrics, "newrelic", "success") == 1)
+    assert len(receiver.got["slack"]) == 1 and metric(metrics, "slack", "success") == 0  # still waiting its Retry-After
+    await eventually(lambda: metric(metrics, "slack", "success") == 1, timeout=5.0)
+    assert len(receiver.got["slack"]) == 2
+    assert receiver.got["slack"][0].raw == receiver.got["slack"][1].raw  # the same message, posted again
+    assert metric(metrics, "slack", "rate_limited") == 1 and metric(metrics, "slack", "failure") == 0
+    assert len(receiver.got["datadog"]) == len(receiver.got["newrelic"]) == 1
+
+
+async def test_slack_429_retries_are_bounded(receiver: Receiver, notifiers: list[Notifier]) -> None:
+    receiver.mode["slack"] = "429"
+    receiver.retry_after = "0"
+    receiver.limited["slack"] = 100  # never lets up
+    metrics = Metrics()
+    n = await started(notifiers, full_config(receiver), metrics)
+    n.max_tries = 3
+    n.emit(Event("breaker_open", "tokopedia", "CircuitBreakerError", "opened"))
+    await eventually(lambda: metric(metrics, "slack", "failure") == 1)
+    assert len(receiver.got["slack"]) == 3 and metric(metrics, "slack", "rate_limited") == 2
+    # a Retry-After beyond the bound is not waited for at all: the queue moves on
+    receiver.retry_after = "3600"
+    n.emit(Event("breaker_open", "other", "CircuitBreakerError", "opened"))
+    await eventually(lambda: metric(metrics, "slack", "failure") == 2)
+    assert len(receiver.got["slack"]) == 4
+    n.emit(Event("breaker_open", "third", "CircuitBreakerError", "opened"))
+    await eventually(lambda: metric(metrics, "datadog", "success") == 3)

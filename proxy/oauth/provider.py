@@ -38,6 +38,7 @@ from proxy.metrics import Metrics
 from proxy.oauth.client import REASONS, TokenClient, TokenFetchError
 from proxy.oauth.store import RedisTokenStore
 from proxy.oauth.token import Grant, Token
+from proxy.otel import Tracing
 
 # Backoff after a failed fetch, or after a background refresh that produced nothing newer.
 BACKOFF_BASE: Final = 0.5
@@ -81,8 +82,14 @@ class TokenProvider:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         on_fetch_failure: FetchFailureHook | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._name = config.name
+        # A CLIENT span per call to the token endpoint, child of the request span that started the
+        # flight (the flight task copies that request's context). Redis reads are span events, not
+        # spans: they are sub-millisecond and usually absent (memory hits), so events keep traces cheap.
+        self._tracing = tracing if tracing is not None else Tracing.disabled()
+        self._token_host, self._token_port = _host_port(config.token_url)
         self._refresh_before = max(0.0, config.refresh_before)
         self._client = TokenClient(config, session=session, clock=clock)
         self._store = store
@@ -244,8 +251,13 @@ class TokenProvider:
         now = self._clock()
         if rejected is not None:
             read = await store.discard(self._name, rejected, now)
+            self._tracing.event("token.invalidated", {"partner_proxy.provider": self._name})
         else:
             read = await store.get(self._name, now)
+        if self._tracing.enabled:
+            hit = read.grant is not None and want(read.grant)
+            result = "error" if not read.ok else "hit" if hit else "stale" if read.grant is not None else "miss"
+            self._tracing.event("token.redis_lookup", {"partner_proxy.provider": self._name, "partner_proxy.redis_result": result})
         if read.grant is not None and want(read.grant):
             return self._adopt(read.grant, "redis")
         if not read.ok:  # Redis is down or slow: do not spend more time on it for this fetch
@@ -288,11 +300,31 @@ class TokenProvider:
         now = self._clock()
         if now < self._retry_at:
             raise TokenUnavailable(self._name, self._last_reason, retry_after=self._retry_at - now)
+        tracing = self._tracing
+        span = (
+            tracing.client_span(
+                tracing.current(),
+                "POST token",
+                attributes={
+                    "http.request.method": "POST",
+                    "server.address": self._token_host,
+                    "server.port": self._token_port,
+                    "partner_proxy.provider": self._name,
+                },
+            )
+            if tracing.enabled
+            else None
+        )
         try:
             grant = await self._client.fetch()
         except TokenFetchError as exc:
+            tracing.end(span, exc.status, exc.reason)
             retry_after = self._fetch_failed(exc.reason)
             raise TokenUnavailable(self._name, exc.reason, retry_after=retry_after) from exc
+        except BaseException:  # cancelled: the span still ends, as what it is
+            tracing.end(span, None, "cancelled")
+            raise
+        tracing.end(span, 200)
         self._fetches["success"].inc()
         if self._failures:
             self._log.info("token fetch for %s succeeded after %d failures", self._name, self._failures)
@@ -400,3 +432,15 @@ class TokenProvider:
                 # again instead of refreshing on every request until expiry.
                 self._refresh_misses += 1
                 held.refresh_at = max(self._retry_at, self._clock() + self._backoff(self._refresh_misses))
+
+
+def _host_port(url: str) -> tuple[str | None, int | None]:
+    """``server.address`` / ``server.port`` of the token endpoint (never its path or query)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None, None
+    return parts.hostname, port

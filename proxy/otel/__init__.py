@@ -1,0 +1,28 @@
+"""OpenTelemetry tracing for the sidecar: off unless an OTLP endpoint is set, never global.
+
+``Tracing.from_env(os.environ, tracing_config_from(raw_tracing_block), metrics=metrics)`` builds
+one per app; ``Tracing.disabled()`` is the no-op. See ``proxy.otel.tracer`` for the request-path
+calls, ``proxy.otel.attributes`` for what a span may carry, ``proxy.otel.processor`` for how
+export stays off the loop and how losses are counted.
+"""
+
+from proxy.otel.attributes import ALLOWED, clean
+from proxy.otel.config import TRACING_KEYS, Settings, TracingConfig, TracingConfigError, tracing_config_from
+from proxy.otel.processor import DROP_REASONS, BoundedExportProcessor
+from proxy.otel.tracer import Span, Tracing, package_version, parse_traceparent
+
+__all__ = [
+    "ALLOWED",
+    "DROP_REASONS",
+    "TRACING_KEYS",
+    "BoundedExportProcessor",
+    "Settings",
+    "Span",
+    "Tracing",
+    "TracingConfig",
+    "TracingConfigError",
+    "clean",
+    "package_version",
+    "parse_traceparent",
+    "tracing_config_from",
+]
