@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.signing import MIN_RSA_BITS, Signer, Verifier
+from proxy.signing import MIN_RSA_BITS, Signer, Verifier, generate_key_pair, load_private_key, public_key_pem
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +56,46 @@ class SandboxKeys:
         except ValueError as exc:
             raise ValueError(f"{signing_key}: {exc}") from None
         return cls(account=account, signer=own)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFiles:
+    """The PEM files a sandbox run uses; ``account_private`` only when the sandbox made that pair."""
+
+    account_public: Path
+    sandbox_private: Path
+    sandbox_public: Path
+    account_private: Path | None = None
+
+    def keys(self) -> SandboxKeys:
+        return SandboxKeys.from_files(self.account_public, self.sandbox_private)
+
+
+def prepare_key_files(public_key: str | Path | None, signing_key: str | Path | None, directory: Path) -> KeyFiles:
+    """Use the given files and generate the missing ones into ``directory``.
+
+    - no ``public_key``: an account pair ``account.key`` / ``account.pub`` is made; its private
+      half is what a client (or the sidecar's ``TOKOPEDIA_PRIVATE_KEY_FILE``) signs checkouts with;
+    - no ``signing_key``: a sandbox pair ``sandbox.key`` / ``sandbox.pub``; with one, its public
+      half is written to ``sandbox.pub`` so clients know what to verify with.
+
+    Raises:
+        ValueError: a given file holds no usable key (the message names the file).
+        OSError: a file cannot be read or written.
+    """
+    account_private = None
+    if public_key is None:
+        pair = generate_key_pair(directory, "account")
+        public_key, account_private = pair.public, pair.private
+    if signing_key is None:
+        pair = generate_key_pair(directory, "sandbox")
+        signing_key, sandbox_public = pair.private, pair.public
+    else:
+        try:
+            derived = public_key_pem(load_private_key(Path(signing_key).read_bytes()))
+        except ValueError as exc:
+            raise ValueError(f"{signing_key}: {exc}") from None
+        directory.mkdir(parents=True, exist_ok=True)
+        sandbox_public = directory / "sandbox.pub"
+        sandbox_public.write_bytes(derived)
+    return KeyFiles(Path(public_key), Path(signing_key), sandbox_public, account_private)
