@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from typing import TYPE_CHECKING
 
 from proxy.config import DEFAULT_ERRORS, DEFAULT_ROUTES, load_config
 from proxy.errors import ConfigError
 from proxy.serve import print_problems as _print_problems
 from proxy.serve import setup_logging
+
+if TYPE_CHECKING:
+    from proxy.sandbox.keys import KeyFiles
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -56,25 +63,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_one(args.config, args.errors, reuse_port=getattr(args, "reuse_port", False))
 
 
+def _key_dir(prefix: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
+    import shutil
+
     from proxy.sandbox import SandboxSettings, run_sandbox
+    from proxy.sandbox.keys import prepare_key_files
 
     setup_logging()
-    settings = SandboxSettings(client_id=args.client_id, client_secret=args.client_secret, token_ttl=args.token_ttl)
-
-    async def main() -> int:
-        runner = await run_sandbox(args.host, args.port, settings)
-        print(f"sandbox partner on http://{args.host}:{args.port} (token endpoint /token, products /v2/product-list)", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-        return EXIT_OK
-
+    key_dir = _key_dir("partner-proxy-sandbox-keys-")
     try:
-        return asyncio.run(main())
-    except KeyboardInterrupt:
-        return EXIT_OK
+        try:
+            files = prepare_key_files(args.public_key, args.signing_key, key_dir)
+            keys = files.keys()
+        except (ValueError, OSError) as exc:
+            print(f"partner-proxy sandbox: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        settings = SandboxSettings(
+            client_id=args.client_id, client_secret=args.client_secret, token_ttl=args.token_ttl,
+            settle_after=args.settle_after, keys=keys,
+        )
+
+        async def main() -> int:
+            runner = await run_sandbox(args.host, args.port, settings)
+            print(f"sandbox partner on http://{args.host}:{args.port} (token endpoint /token, products /v2/product-list, account /v2/account, inquiry /v2/inquiry, orders /v2/order)", flush=True)
+            print(f"  checkout signatures are checked with the account public key {files.account_public}", flush=True)
+            if files.account_private is not None:
+                print(f"  sign checkouts with the account private key {files.account_private} (generated for this run)", flush=True)
+            print(f"  status answers are signed by the sandbox; verify them with {files.sandbox_public}", flush=True)
+            print(f"  generated files in {key_dir} are removed when the sandbox stops", flush=True)
+            stop = asyncio.Event()
+            with contextlib.suppress(NotImplementedError):  # SIGTERM ends it cleanly (key files removed)
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            try:
+                await stop.wait()
+            finally:
+                await runner.cleanup()
+            return EXIT_OK
+
+        try:
+            return asyncio.run(main())
+        except KeyboardInterrupt:
+            return EXIT_OK
+    finally:
+        shutil.rmtree(key_dir, ignore_errors=True)
 
 
 DEMO_CLIENT_ID, DEMO_CLIENT_SECRET = "sandbox-client", "sandbox-secret"
@@ -120,12 +157,32 @@ def demo_curls(port: int, admin_port: int) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy.sandbox import SandboxSettings, run_sandbox
-    from proxy.server import Server
-
     if not Path(args.config).exists():
         print(f"{args.config} not found: run demo from the repository root, or pass --config/--errors", file=sys.stderr)
         return EXIT_USAGE
+    import shutil
+
+    from proxy.sandbox.keys import prepare_key_files
+
+    # Two pairs: the account's (the sidecar signs checkouts with its private half, the sandbox
+    # checks them with its public half) and the sandbox's own (the sandbox signs status answers,
+    # the sidecar verifies with its public half). Exported before the config is read, so
+    # ${TOKOPEDIA_*_KEY_FILE} in routes.yaml and the signing/verifying filters see them.
+    key_dir = _key_dir("partner-proxy-demo-keys-")
+    files = prepare_key_files(None, None, key_dir)
+    assert files.account_private is not None
+    os.environ["TOKOPEDIA_PRIVATE_KEY_FILE"] = str(files.account_private)
+    os.environ["TOKOPEDIA_PUBLIC_KEY_FILE"] = str(files.sandbox_public)
+    try:
+        return _run_demo(args, files)
+    finally:
+        shutil.rmtree(key_dir, ignore_errors=True)
+
+
+def _run_demo(args: argparse.Namespace, files: KeyFiles) -> int:
+    from proxy.sandbox import SandboxSettings, run_sandbox
+    from proxy.server import Server
+
     env = demo_env(args.sandbox_port, args.port, args.admin_port)
     from proxy.server import fingerprints
 
@@ -138,10 +195,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("warning")
 
     async def main() -> int:
-        sandbox = await run_sandbox("127.0.0.1", args.sandbox_port, SandboxSettings(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET))
+        settings = SandboxSettings(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, keys=files.keys())
+        sandbox = await run_sandbox("127.0.0.1", args.sandbox_port, settings)
+
+        def ready() -> None:
+            print(demo_curls(args.port, args.admin_port), flush=True)
+            print(f"Keys (removed on exit): TOKOPEDIA_PRIVATE_KEY_FILE={files.account_private} (account, signs checkouts), "
+                  f"TOKOPEDIA_PUBLIC_KEY_FILE={files.sandbox_public} (sandbox, verifies status answers)", flush=True)
+
         try:
             server = Server(loaded, read_at=read_at)
-            return await server.run(args.config, args.errors, on_ready=lambda: print(demo_curls(args.port, args.admin_port), flush=True))
+            return await server.run(args.config, args.errors, on_ready=ready)
         finally:
             await sandbox.cleanup()
 
@@ -213,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-id", default=DEMO_CLIENT_ID)
     p.add_argument("--client-secret", default=DEMO_CLIENT_SECRET)
     p.add_argument("--token-ttl", type=float, default=86400.0, help="expires_in of issued tokens, seconds")
+    p.add_argument("--public-key", metavar="FILE", help="the partner account's RSA public key (PEM) checkout signatures are checked with; default: a pair is generated and its private half printed")
+    p.add_argument("--signing-key", metavar="FILE", help="the sandbox's own RSA private key (PEM) it signs status answers with; default: generated")
+    p.add_argument("--settle-after", type=float, default=1.0, help="seconds an order stays Pending before Success/Failed (default: %(default)s)")
     p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser("demo", help="run the sandbox and the sidecar together and print curl commands", description="Sandbox partner + sidecar in one process, in-memory token cache.")

@@ -14,9 +14,14 @@ so a fault request still needs a valid token:
 - ``hang``: no answer for 300 s (for client-timeout tests).
 - ``reset``: the connection is reset (TCP RST), no HTTP answer.
 - ``garbage``: HTTP 500 labelled ``application/json`` with a body that is not JSON.
+- checkout only (``POST /v2/order``): ``order-reset`` (order taken, then a reset),
+  ``fail-<CODE>`` (order settles Failed with CODE), ``sign-missing`` / ``sign-bad`` (its status
+  answers carry no / a wrong signature). On checkout ``hang`` and ``delay-`` take the order
+  first; ``reset`` and the error faults take nothing. :mod:`proxy.sandbox.api` has the table.
 
 A malformed reserved token (``status-99``, ``delay-soon``) answers 400 ``P01`` so typos are loud.
-See :mod:`proxy.sandbox.app` for routes, token modes and the ``/_sandbox/*`` control endpoints.
+See :mod:`proxy.sandbox.app` for routes, token modes and the ``/_sandbox/*`` control endpoints,
+and :mod:`proxy.sandbox.api` for account, inquiry, checkout and check status.
 """
 
 from __future__ import annotations

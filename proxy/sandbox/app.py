@@ -10,6 +10,10 @@ Routes::
     POST /token                          OAuth2 client_credentials (Basic auth, or form fields)
     GET  /ping                           {"buildhash": "sandbox", "sandbox": true, "status": "ok"}
     GET  /v2/product-list[/]             bearer check, then fault injection, then the catalogue
+    GET  /v2/account                     deposit balance           (these four: proxy.sandbox.api)
+    POST /v2/inquiry                     bill of an is_inquiry product
+    POST /v2/order                       checkout: signed body, balance drawn, Pending -> Success/Failed
+    GET  /v2/order/{request_id}          check status, answer signed with the sandbox's own key
     GET  /_sandbox/stats                 counters for process-level tests
     POST /_sandbox/revoke                every issued token becomes unknown (-> 403 P08)
     POST /_sandbox/token-mode            {"mode": "500", "delay": 0.5}: token-server failures
@@ -40,222 +44,47 @@ so the peer gets a reset, and the handler's later response write fails quietly i
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
 import json
 import logging
-import secrets
-import socket
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final, Literal, cast, get_args
+from typing import cast
 from urllib.parse import unquote_plus
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from proxy.sandbox.catalogue import (
-    FAULT_HEADER,
-    HANG_SECONDS,
-    PRODUCTS,
-    PRODUCTS_BY_CODE,
-    DelayFault,
-    ErrorFault,
-    Fault,
-    GarbageFault,
-    HangFault,
-    InvalidFault,
-    ResetFault,
-    StatusFault,
-    error_document,
-    is_fault_token,
-    parse_fault,
-    split_product_codes,
+from proxy.sandbox import api
+from proxy.sandbox.catalogue import PRODUCTS, PRODUCTS_BY_CODE, InvalidFault, split_product_codes
+from proxy.sandbox.replies import answer_fault, authorize, bearer_token as _bearer_token, json_reply as _json
+from proxy.sandbox.replies import partner_error as _partner_error, pause as _pause
+from proxy.sandbox.replies import request_fault as _request_fault, reset_connection as _reset_connection
+from proxy.sandbox.state import (
+    SANDBOX_STATE,
+    TOKEN_MODES,
+    ProductCall,
+    SandboxSettings,
+    SandboxState,
+    TokenMode,
 )
+
+__all__ = [
+    "SANDBOX_STATE",
+    "TOKEN_MODES",
+    "ProductCall",
+    "SandboxSettings",
+    "SandboxState",
+    "TokenMode",
+    "build_sandbox_app",
+]
 
 log = logging.getLogger(__name__)
 
-TokenMode = Literal["ok", "down", "500", "garbage", "empty", "no_expires", "slow"]
-TOKEN_MODES: Final[frozenset[str]] = frozenset(get_args(TokenMode))
 
-# How often a sleeping handler looks whether its client went away. Small enough that a hang
-# ends promptly after a client timeout, large enough to cost nothing.
-_POLL_SECONDS: Final = 0.05
-
-
-@dataclass
-class SandboxSettings:
-    """Static configuration of one sandbox instance.
-
-    ``token_ttl`` is the real lifetime of issued tokens. ``expires_in`` in the JSON is an int of
-    at least 1 (``max(1, int(token_ttl))``), so a sub-second TTL lets tests see a token expire
-    before the client believes it has; a token is never advertised as living longer than 1 s
-    beyond its real expiry.
-    """
-
-    client_id: str = "sandbox-client"
-    client_secret: str = "sandbox-secret"
-    token_ttl: float = 86400.0
-
-    @property
-    def expires_in(self) -> int:
-        """The ``expires_in`` value the token endpoint reports."""
-        return max(1, int(self.token_ttl))
-
-
-@dataclass(frozen=True, slots=True)
-class ProductCall:
-    """One request that reached ``/v2/product-list``, recorded before any check.
-
-    Tests use it to assert what the sidecar forwarded (query allowlist, stripped headers,
-    which token was used on a retry).
-    """
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: CIMultiDict[str]
-    token: str | None
-
-
-class SandboxState:
-    """Everything mutable about one sandbox app; stored under :data:`SANDBOX_STATE`.
-
-    Tests reach in through ``app[SANDBOX_STATE]`` to inject failures and read what happened;
-    process-level tests do the same through ``/_sandbox/*``. ``clock`` is injectable so token
-    expiry can be tested without sleeping.
-    """
-
-    def __init__(
-        self,
-        settings: SandboxSettings | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.settings: SandboxSettings = settings or SandboxSettings()
-        self.clock: Callable[[], float] = clock
-        self.token_requests: int = 0
-        self.tokens_issued: list[str] = []
-        self.product_calls: list[ProductCall] = []
-        self.token_mode: str = "ok"
-        self.token_delay: float = 0.0
-        # token -> expiry on ``clock``; the only thing that makes a token valid.
-        self._valid_tokens: dict[str, float] = {}
-        # Set on app shutdown so sleeping handlers (hang, delay, slow) return at once instead of
-        # holding the runner's cleanup for its whole shutdown timeout.
-        self.stopping: asyncio.Event = asyncio.Event()
-
-    # -- tokens ---------------------------------------------------------------------------
-
-    def issue_token(self) -> str:
-        """Mint a new distinct token valid for ``settings.token_ttl``; older tokens stay valid."""
-        now = self.clock()
-        self._valid_tokens = {t: exp for t, exp in self._valid_tokens.items() if exp > now}
-        token = "c:" + secrets.token_urlsafe(24)
-        self._valid_tokens[token] = now + self.settings.token_ttl
-        self.tokens_issued.append(token)
-        return token
-
-    def token_is_valid(self, token: str) -> bool:
-        """Known, not revoked and not expired on ``clock``."""
-        expiry = self._valid_tokens.get(token)
-        return expiry is not None and self.clock() < expiry
-
-    def revoke_all(self) -> None:
-        """Forget every issued token, so each one now answers 403 P08."""
-        self._valid_tokens.clear()
-
-    # -- test control ---------------------------------------------------------------------
-
-    def set_token_mode(self, mode: str, delay: float | None = None) -> None:
-        """Switch token-server behaviour, rejecting unknown modes (a typo must not pass as ok)."""
-        if mode not in TOKEN_MODES:
-            raise ValueError(f"unknown token mode {mode!r}; one of {sorted(TOKEN_MODES)}")
-        if delay is not None:
-            if delay < 0:
-                raise ValueError("delay must be >= 0")
-            self.token_delay = float(delay)
-        self.token_mode = mode
-
-    def reset(self) -> None:
-        """Zero counters and logs and restore mode "ok".
-
-        Issued tokens stay valid: a running sidecar keeps its cached token across a test's reset,
-        and :meth:`revoke_all` exists for the other case.
-        """
-        self.token_requests = 0
-        self.tokens_issued = []
-        self.product_calls = []
-        self.token_mode = "ok"
-        self.token_delay = 0.0
-
-    def stats(self) -> dict[str, object]:
-        """The ``/_sandbox/stats`` document."""
-        return {
-            "token_requests": self.token_requests,
-            "tokens_issued": len(self.tokens_issued),
-            "product_calls": len(self.product_calls),
-            "last_tokens": [call.token for call in self.product_calls],
-        }
-
-
-SANDBOX_STATE: Final = web.AppKey("sandbox_state", SandboxState)
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON answer; ``json_response`` sets ``application/json``, as the partner does."""
-    return web.json_response(body, status=status, headers=headers)
-
-
-def _partner_error(code: str, detail: str | None = None) -> web.Response:
-    status, body = error_document(code, detail)
-    return _json(status, body)
-
-
-def _reset_connection(request: web.Request) -> web.Response:
-    """Drop the client's connection with a TCP RST and return a response that is never sent.
-
-    ``SO_LINGER`` with a zero timeout turns ``close`` into a reset, which is what a crashed
-    upstream or a middlebox kill looks like. Returning (rather than raising) lets aiohttp's
-    own "client went away" path swallow the failed write, so nothing is logged as a server bug.
-    """
-    transport = request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:  # pragma: no cover - platform without SO_LINGER; abort still closes
-                pass
-        transport.abort()
-    return web.Response(status=500, text="connection reset by sandbox")
-
-
-async def _pause(request: web.Request, seconds: float) -> bool:
-    """Sleep up to ``seconds``; return early when the client disconnects or the app stops.
-
-    Returns True if the full time elapsed. Needed because a runner built without
-    ``handler_cancellation`` would otherwise keep a 300 s hang alive after its client gave up.
-    """
-    stopping = request.app[SANDBOX_STATE].stopping
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return True
-        transport = request.transport
-        if transport is None or transport.is_closing() or stopping.is_set():
-            return False
-        try:
-            await asyncio.wait_for(stopping.wait(), timeout=min(_POLL_SECONDS, remaining))
-        except TimeoutError:
-            pass
+# --------------------------------------------------------------------------- handlers
 
 
 def _product_list(codes: list[str]) -> web.Response:
@@ -266,38 +95,6 @@ def _product_list(codes: list[str]) -> web.Response:
         return _partner_error("P04")
     return _json(200, {"data": found})
 
-
-def _infrastructure_page(status: int) -> web.Response:
-    """A non-JSON error page like a load balancer or WAF in front of the partner would send."""
-    reason = web.Response(status=status).reason or "Error"
-    html = (
-        f"<html><head><title>{status} {reason}</title></head>"
-        f"<body><center><h1>{status} {reason}</h1></center><hr><center>sandbox-lb</center>"
-        "</body></html>\n"
-    )
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
-    return web.Response(status=status, text=html, content_type="text/html", headers=headers)
-
-
-def _request_fault(request: web.Request, codes: list[str]) -> Fault | None:
-    """The fault this request asks for: the header wins, else the first fault product code.
-
-    Raises:
-        InvalidFault: a reserved token is malformed.
-    """
-    header = request.headers.get(FAULT_HEADER, "").strip()
-    if header:
-        fault = parse_fault(header)
-        if fault is None:
-            raise InvalidFault(f"{FAULT_HEADER}: {header!r} is not a sandbox fault")
-        return fault
-    for code in codes:
-        if is_fault_token(code):
-            return parse_fault(code)
-    return None
-
-
-# --------------------------------------------------------------------------- handlers
 
 
 async def handle_ping(request: web.Request) -> web.Response:
@@ -403,18 +200,6 @@ async def handle_token(request: web.Request) -> web.StreamResponse:
     return _json(200, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-def _bearer_token(request: web.Request) -> str | None:
-    """The token of a well-formed ``Authorization: Bearer <token>``, else None."""
-    header = request.headers.get(hdrs.AUTHORIZATION)
-    if header is None:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or any(ch.isspace() for ch in token):
-        return None
-    return token
-
-
 async def handle_product_list(request: web.Request) -> web.StreamResponse:
     """GET /v2/product-list: bearer check, then fault injection, then the catalogue."""
     state = request.app[SANDBOX_STATE]
@@ -428,47 +213,19 @@ async def handle_product_list(request: web.Request) -> web.StreamResponse:
             token=token,
         )
     )
-    if token is None:
-        return web.Response(
-            status=401,
-            text="401: Unauthorized",
-            headers={"WWW-Authenticate": 'Bearer realm="sandbox"'},
-        )
-    if not state.token_is_valid(token):
-        return _partner_error("P08")
+    refused = authorize(request)
+    if refused is not None:
+        return refused
 
     codes = split_product_codes(request.query.get("product_code"))
     try:
         fault = _request_fault(request, codes)
     except InvalidFault as exc:
         return _partner_error("P01", f"Invalid request: {exc}")
-    if fault is not None:
-        log.info("sandbox fault injected: %s", fault)
 
-    match fault:
-        case None:
-            return _product_list(codes)
-        case ErrorFault(code=code):
-            return _partner_error(code)
-        case StatusFault(status=status):
-            return _infrastructure_page(status)
-        case DelayFault(seconds=seconds):
-            if not await _pause(request, seconds):
-                return _infrastructure_page(503)  # client gone or sandbox stopping
-            return _product_list([])
-        case HangFault():
-            if not await _pause(request, HANG_SECONDS):
-                return _infrastructure_page(503)
-            return _product_list([])
-        case ResetFault():
-            return _reset_connection(request)
-        case GarbageFault():
-            return web.Response(
-                status=500,
-                body=b'{"errors": [{"code": "S00", "detail": "Internal Serv',
-                content_type="application/json",
-            )
-    raise AssertionError(f"unhandled fault {fault!r}")  # pragma: no cover
+    if fault is None:
+        return _product_list(codes)
+    return await answer_fault(request, fault, lambda: _product_list([]))
 
 
 # --------------------------------------------------------------------------- test control
@@ -531,6 +288,7 @@ def build_sandbox_app(
     app.router.add_get("/ping", handle_ping)
     app.router.add_get("/v2/product-list", handle_product_list)
     app.router.add_get("/v2/product-list/", handle_product_list)
+    api.add_routes(app)
     app.router.add_get("/_sandbox/stats", handle_stats)
     app.router.add_post("/_sandbox/revoke", handle_revoke)
     app.router.add_post("/_sandbox/token-mode", handle_token_mode)

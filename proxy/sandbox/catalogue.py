@@ -17,7 +17,18 @@ delay-<ms>     sleep ms milliseconds (capped at 60000), then the normal full pro
 hang           sleep 300 s (then the full list), for client-timeout tests
 reset          the connection is dropped with a TCP RST, no HTTP answer at all
 garbage        HTTP 500 claiming ``application/json`` with a body that is not JSON
+fail-<CODE>    checkout only: the order is taken (200 Pending) and settles ``Failed``
+               with error_code CODE (``fail-S02``); also usable as the client number
+order-reset    checkout only: the order is taken, then the connection is reset
+sign-missing   checkout: the order's 200 status answers carry no ``Signature``;
+               status (header): this answer carries none
+sign-bad       the same with a ``Signature`` that does not verify
 ============== =======================================================================
+
+On checkout (``POST /v2/order``) the tokens split into two groups, by whether the partner acted:
+``error-``, ``status-``, ``garbage`` and ``reset`` answer *before* anything is created or
+charged; ``hang``, ``delay-``, ``order-reset``, ``fail-`` and ``sign-`` create (and charge) the
+order first. :mod:`proxy.sandbox.api` has the whole table.
 """
 
 from __future__ import annotations
@@ -42,6 +53,10 @@ class Product:
     price: int
     is_inquiry: bool
     status: int
+    # Inquiry products only (see :mod:`proxy.sandbox.bills`): ``admin_fee`` is the fee inside the
+    # price; ``bill`` means the amount comes from the customer's bill, and ``price`` is the fee.
+    admin_fee: int = 0
+    bill: bool = False
 
     def resource(self) -> dict[str, object]:
         """The JSON:API resource object exactly as the partner shapes it (notes section 4)."""
@@ -59,18 +74,27 @@ class Product:
 
 # The first two are the partner's own examples; the others cover what callers must cope with:
 # inquiry products, inactive (2) and temporarily inactive (3) items, and an empty name.
+# Inquiry products come in the two kinds the checkout notes show (section 2.3): a fixed price with
+# a check of the customer number (``pln-prepaid-20k``: 20,000 token + 1,500 fee) and a bill whose
+# amount the inquiry reveals (``pln-postpaid``, the notes' own example: admin_fee 2,500).
 PRODUCTS: Final[tuple[Product, ...]] = (
     Product("25k-xl", "XL 25,000", 24913, False, 1),
     Product("kta-bank-dbs", "Bank DBS KTA Bank DBS", 4797124, True, 1),
-    Product("pln-prepaid-20k", "PLN Prepaid 20,000", 21500, True, 1),
+    Product("pln-prepaid-20k", "PLN Prepaid 20,000", 21500, True, 1, admin_fee=1500),
     Product("google-play-100k", "Google Play Voucher 100,000", 98500, False, 1),
-    Product("bpjs-kesehatan", "BPJS Kesehatan", 2500, True, 1),
+    Product("bpjs-kesehatan", "BPJS Kesehatan", 2500, True, 1, admin_fee=2500, bill=True),
+    Product("pln-postpaid", "PLN Postpaid", 2500, True, 1, admin_fee=2500, bill=True),
     Product("telkomsel-50k", "Telkomsel 50,000", 49850, False, 3),
     Product("indosat-10k", "Indosat Ooredoo 10,000", 10950, False, 2),
     Product("axis-5k", "", 5900, False, 1),
 )
 
 PRODUCTS_BY_CODE: Final[dict[str, Product]] = {p.code: p for p in PRODUCTS}
+
+# What an order or inquiry is for when its product_code is a fault token that lets the partner
+# act (``hang``, ``delay-<ms>``, ``order-reset``, ``fail-<CODE>``, ``sign-*``): a plain product
+# at a round price, so balance arithmetic in tests is easy. Not listed by /v2/product-list.
+FAULT_PRODUCT: Final = Product("sandbox-fault", "Sandbox fault product", 10_000, False, 1)
 
 # --------------------------------------------------------------------------- error codes
 
@@ -146,8 +170,8 @@ FAULT_HEADER: Final = "X-Sandbox-Fault"
 # Same shape the sidecar accepts as a partner code label, so anything the sandbox can emit is a
 # code the sidecar can count.
 _CODE_RE: Final = re.compile(r"^[A-Z][A-Z0-9_]{1,15}$")
-_FAULT_PREFIXES: Final = ("error-", "status-", "delay-")
-_FAULT_WORDS: Final = frozenset({"hang", "reset", "garbage"})
+_FAULT_PREFIXES: Final = ("error-", "status-", "delay-", "fail-")
+_FAULT_WORDS: Final = frozenset({"hang", "reset", "garbage", "order-reset", "sign-missing", "sign-bad"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +210,36 @@ class GarbageFault:
     """Answer 500 with a body that claims to be JSON but is not."""
 
 
-Fault = ErrorFault | StatusFault | DelayFault | HangFault | ResetFault | GarbageFault
+@dataclass(frozen=True, slots=True)
+class FailFault:
+    """Checkout: take the order, then settle it ``Failed`` with ``code``."""
+
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderResetFault:
+    """Checkout: take the order, then drop the connection without an answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureFault:
+    """A 200 status answer whose ``Signature`` is ``"missing"`` or ``"bad"``."""
+
+    mode: str
+
+
+Fault = (
+    ErrorFault
+    | StatusFault
+    | DelayFault
+    | HangFault
+    | ResetFault
+    | GarbageFault
+    | FailFault
+    | OrderResetFault
+    | SignatureFault
+)
 
 
 class InvalidFault(ValueError):
@@ -220,11 +273,16 @@ def parse_fault(value: str) -> Fault | None:
         return ResetFault()
     if lowered == "garbage":
         return GarbageFault()
-    if lowered.startswith("error-"):
-        code = token[len("error-") :].upper()
-        if not _CODE_RE.match(code):
-            raise InvalidFault(f"sandbox fault {value!r}: the code must match {_CODE_RE.pattern}")
-        return ErrorFault(code)
+    if lowered == "order-reset":
+        return OrderResetFault()
+    if lowered in ("sign-missing", "sign-bad"):
+        return SignatureFault(lowered.removeprefix("sign-"))
+    for prefix, kind in (("error-", ErrorFault), ("fail-", FailFault)):
+        if lowered.startswith(prefix):
+            code = token[len(prefix) :].upper()
+            if not _CODE_RE.match(code):
+                raise InvalidFault(f"sandbox fault {value!r}: the code must match {_CODE_RE.pattern}")
+            return kind(code)
     if lowered.startswith("status-"):
         digits = lowered[len("status-") :]
         if not (digits.isascii() and digits.isdigit() and 200 <= int(digits) <= 599):
