@@ -47,7 +47,7 @@ class AccessLog:
             "request_id": ex.request_id,
             "traceparent": ex.traceparent,
             "route": route.name,
-            "client_id": ex.request.headers.get("X-Client-Id", "")[:128] or None,
+            "client_id": ex.downstream.headers.get("X-Client-Id", "")[:128] or None,
             "cluster": route.cluster,
             "method": ex.method,
             "upstream_path": route.upstream_path,

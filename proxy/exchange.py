@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import PartnerError
+
+
+class Downstream(Protocol):
+    """The app's request as a listener hands it to the chain, whatever server parsed it.
+
+    ``read_body`` reads the whole body once, refusing (``PayloadTooLarge``) past ``limit`` bytes
+    without buffering more than that; a second call returns the same bytes.
+    """
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def has_body(self) -> bool: ...
+
+    async def read_body(self, limit: int) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +75,7 @@ class UpstreamResponse:
 class Exchange:
     """Per-request state. Filters read and annotate it; observers log and count from it."""
 
-    request: web.Request
+    downstream: Downstream
     method: str
     request_id: str
     language: str
@@ -57,7 +83,7 @@ class Exchange:
     started: float
     upstream_headers: CIMultiDict[str]    # what the partner gets; filters add to it (Authorization)
     upstream_query: dict[str, str] | None = None
-    body: bytes = b""                     # downstream body, forwarded for methods that carry one
+    body: bytes | None = None             # downstream body once read (a filter or the forwarder reads it)
     token_source: str | None = None       # memory | redis | fetch | none
     attempts: int = 0
     partner_status: int | None = None

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.downstream import AiohttpDownstream
 from proxy.errors import ProxyError, RouteNotFound, TokenUnavailable
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.headers import downstream_headers, upstream_headers
@@ -47,7 +48,7 @@ class Listener:
         runtime = self._runtime()
         headers = request.headers
         ex = Exchange(
-            request=request,
+            downstream=AiohttpDownstream(request),
             method=request.method,
             request_id=request_id_from(headers.get("X-Request-Id")),
             language=runtime.local_language(headers.get("Accept-Language")),
@@ -78,9 +79,10 @@ class Listener:
         headers = request.headers
         request_id = request_id_from(headers.get("X-Request-Id"))
         traceparent = child_traceparent(headers.get("traceparent"))
+        downstream = AiohttpDownstream(request)
         ex = Exchange(
-            request=request,
-            method=request.method,
+            downstream=downstream,
+            method=downstream.method,
             request_id=request_id,
             language=route.language(headers.get("Accept-Language")),
             traceparent=traceparent,
@@ -88,7 +90,7 @@ class Listener:
             upstream_headers=upstream_headers(headers, request_id, traceparent),
         )
         if route.query:
-            query = request.rel_url.query
+            query = downstream.query
             ex.upstream_query = {name: query[name] for name in route.query if name in query}
         for observer in runtime.start_observers:
             observer.on_start(ex, route)

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 from proxy.classify import Classifier
 from proxy.config.errors_table import ErrorRule, ErrorTable, parse_range
 from proxy.config.models import RequireConfig, RouteConfig, UpstreamRef
+from proxy.downstream import AiohttpDownstream
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.headers import upstream_headers
 from proxy.oauth.token import Token
@@ -37,7 +38,7 @@ def texchange(method: str = "GET", path: str = "/v1/products", headers: Mapping[
     h = CIMultiDict(JSON if headers is None else headers)
     request = make_mocked_request(method, path, headers=h)
     return Exchange(
-        request=request,
+        downstream=AiohttpDownstream(request),
         method=method,
         request_id="req-1",
         language="en",

@@ -24,7 +24,7 @@ class ValidateRequest:
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.method not in self.methods:
             raise MethodNotAllowed(self.allow)
-        headers = ex.request.headers
+        headers = ex.downstream.headers
         if self.content_type is not None:
             # "application/json; charset=utf-8" is fine: compare the media type only
             raw = headers.get("Content-Type", "")

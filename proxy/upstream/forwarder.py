@@ -11,14 +11,14 @@ import random
 import time
 
 import aiohttp
-from aiohttp import web
 from yarl import URL
 
-from proxy.errors import PayloadTooLarge, UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.headers import wire_headers
 from proxy.upstream.cluster import Cluster
 
+DEFAULT_BODY_LIMIT = 1024 * 1024  # a body route without its own limit (the body filter sets one)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -40,13 +40,10 @@ class Forwarder:
         cluster = self.cluster
         method = ex.method
         may_retry = method in IDEMPOTENT and self.max_attempts > 1
-        request = ex.request
-        if method in BODY_METHODS and request.body_exists:
-            # Read after validation (a 405 must not wait for a body) and before taking a slot.
-            try:
-                ex.body = await request.read()
-            except web.HTTPRequestEntityTooLarge as exc:
-                raise PayloadTooLarge(f"body over {request.client_max_size} bytes") from exc
+        if ex.body is None and method in BODY_METHODS and ex.downstream.has_body:
+            # Read after validation (a 405 must not wait for a body) and before taking a slot;
+            # a route's body filter may have read it already, under the route's own limit.
+            ex.body = await ex.downstream.read_body(DEFAULT_BODY_LIMIT)
         cluster.enter()
         try:
             cluster.budget.on_request()
@@ -94,7 +91,7 @@ class Forwarder:
                 if pool is not None:
                     try:
                         answer = await pool.request(
-                            pool.request_bytes(method, self._path_qs(ex), wire_headers(ex.upstream_headers), ex.body),
+                            pool.request_bytes(method, self._path_qs(ex), wire_headers(ex.upstream_headers), ex.body or b""),
                             head_only=method == "HEAD",
                             timeout=cluster.config.timeout,
                         )
