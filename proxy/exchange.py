@@ -25,6 +25,7 @@ class UpstreamResponse:
     partner_code: str | None = None
     error: PartnerError | None = None
     rule: ErrorRule | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # partner headers passed back besides Content-Type (checked)
 
     @property
     def ok(self) -> bool:

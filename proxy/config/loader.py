@@ -251,11 +251,19 @@ def _cluster(ctx: _Ctx, name: str, s: _Section) -> ClusterConfig:
         timeout=s.duration("timeout", 10.0),
         connect_timeout=s.duration("connect_timeout", 2.0),
         max_connections=s.integer("max_connections", 100, minimum=1),
+        max_pending_requests=s.integer("max_pending_requests", 1000, minimum=1),
+        pending_timeout=s.duration("pending_timeout", 5.0),
+        max_requests=s.integer("max_requests", 1000, minimum=1),
+        idle_timeout=s.duration("idle_timeout", 30.0),
+        max_connection_duration=s.duration("max_connection_duration", 0.0),
         circuit_breaker=breaker,
         retry=retry,
         max_response_bytes=s.integer("max_response_bytes", 8 * 1024 * 1024, minimum=1024),
         client=s.string("client", "http11") or "http11",
     )
+    for key in ("pending_timeout", "idle_timeout"):
+        if getattr(cfg, key) <= 0:
+            ctx.error(s.line_of(key), s.key_path(key), f"must be a positive duration such as 5s or 500ms, not {getattr(cfg, key):g}s")
     if cfg.client not in ("http11", "aiohttp"):
         ctx.error(s.line_of("client"), s.key_path("client"), f"{cfg.client!r} is not one of http11, aiohttp")
     s.finish()

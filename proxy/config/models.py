@@ -99,7 +99,12 @@ class ClusterConfig:
     errors: str
     timeout: float = 10.0
     connect_timeout: float = 2.0
-    max_connections: int = 100
+    max_connections: int = 100          # pool size: attempts on the wire at once (Envoy's max_connections)
+    max_pending_requests: int = 1000     # attempts that may wait for a pooled connection...
+    pending_timeout: float = 5.0         # ...each for at most this long; past either: 503 ClusterOverflow
+    max_requests: int = 1000             # requests in the cluster at once (waiting or in flight)
+    idle_timeout: float = 30.0           # an idle pooled connection older than this is never reused
+    max_connection_duration: float = 0.0 # a connection older than this is closed after its answer; 0: off
     circuit_breaker: BreakerConfig = field(default_factory=BreakerConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     max_response_bytes: int = 8 * 1024 * 1024
