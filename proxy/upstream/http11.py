@@ -81,7 +81,7 @@ class StrictAnswer:
 
     __slots__ = (
         "parser", "max_body", "head_only", "received", "status", "headers", "body", "body_len",
-        "headers_done", "done", "leftover", "interim", "keep_alive", "framed", "_te", "_on_done",
+        "headers_done", "done", "leftover", "interim", "keep_alive", "framed", "head_len", "_te", "_on_done",
     )
 
     def __init__(self, max_body: int, on_done: object = None) -> None:
@@ -103,6 +103,7 @@ class StrictAnswer:
         self.interim = False
         self.keep_alive = False
         self.framed = True  # False: the body ends with the connection
+        self.head_len = 0
         self._te: list[bytes] = []
 
     def feed(self, data: bytes) -> None:
@@ -144,15 +145,20 @@ class StrictAnswer:
             raise _Leftover()
         self.headers = []
         self._te = []
+        self.head_len = 0
         self.headers_done = False
         self.interim = False
 
     def on_status(self, reason: bytes) -> None:
+        self.head_len += len(reason) + 15
         if _BAD_REASON(reason):
             raise Violation("control character in the status line")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # llhttp (strict) already refused CR, LF, NUL, other controls and DEL in names and values.
+        self.head_len += len(name) + len(value) + 4
+        if self.head_len > MAX_HEAD:
+            raise Violation(f"response head over {MAX_HEAD} bytes")
         if len(name) == 17 and name.lower() == b"transfer-encoding":
             self._te.append(value)
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
