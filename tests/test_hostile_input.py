@@ -35,6 +35,7 @@ from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.metrics import BREAKER_STATES
 from proxy.oauth.client import REASONS
+from proxy.upstream.cluster import OVERFLOW_THRESHOLDS
 from proxy.sandbox.catalogue import ERROR_CATALOGUE, is_fault_token, split_product_codes
 from tests.helpers import (
     CLIENT_ID,
@@ -661,6 +662,7 @@ async def test_metric_label_values_come_only_from_config_and_closed_sets(rig: Ri
         "op": {"get", "set", "delete", "lock", "unlock"},
         "reason": {"connect_failure", "timeout", "5xx"},
         "sink": {"slack", "datadog", "newrelic", "queue"},
+        "threshold": set(OVERFLOW_THRESHOLDS),
     }
     seen: dict[str, set[str]] = {}
     for name, labels, _ in samples(await rig.metrics()):

@@ -23,12 +23,12 @@ async def test_replaced_cluster_stays_open_for_requests_in_flight_then_closes(tm
     assert old is not new
     monkeypatch.setattr("proxy.runtime.RETIRE_MARGIN", 0.2)
     resources.retire_in_background()
-    assert old.pool is not None and not old.pool._closed  # a request that started on it may still retry
+    assert not old.transport._closed  # a request that started on it may still retry
     for _ in range(100):
-        if old.pool._closed:
+        if old.transport._closed:
             break
         await asyncio.sleep(0.02)
-    assert old.pool._closed  # closed after the longest such request could take (2 x 100 ms + margin)
-    assert new.pool is not None and not new.pool._closed
+    assert old.transport._closed  # closed after the longest such request could take (2 x 100 ms + margin)
+    assert not new.transport._closed
     await resources.close()
-    assert new.pool._closed
+    assert new.transport._closed

@@ -155,7 +155,7 @@ class AiohttpTransport:
                 enable_cleanup_closed=False,
             )
             # Our strict protocol for every connection (aiohttp has no public hook for this).
-            connector._factory = functools.partial(_StrictHandler, loop=loop, max_body=self.max_body, max_age=self.max_age)
+            connector._factory = functools.partial(_StrictHandler, loop=loop, max_body=self.max_body, max_age=self.max_age)  # type: ignore[assignment]
             trace = aiohttp.TraceConfig()
             trace.on_request_headers_sent.append(_on_headers_sent)
             self._session = aiohttp.ClientSession(
@@ -214,7 +214,7 @@ def _phase_of(exc: BaseException, sent: bool, headed: bool) -> Phase:
             return phase
     if not sent:
         return Phase.NOT_SENT
-    if headed or getattr(exc, "_proxy_received", 0):
+    if headed or getattr(exc, "_proxy_received", None):
         return Phase.ANSWERING
     return Phase.SENT
 
