@@ -159,7 +159,7 @@ class Resources:
         if not retired:
             return
         grace = RETIRE_MARGIN + max(
-            (c.config.timeout * (1 + c.config.retry.attempts) for c in retired if isinstance(c, Cluster)),
+            ((c.config.timeout + c.config.pending_timeout) * (1 + c.config.retry.attempts) for c in retired if isinstance(c, Cluster)),  # each attempt may first wait for a connection
             default=0.0,
         )
         task = asyncio.get_running_loop().create_task(self._close_later(retired, grace))
