@@ -12,16 +12,19 @@
     │   └── ExpectationFailed       417
     ├── LocalError                  the sidecar cannot serve it (origin "local")
     │   ├── CircuitOpen             503 CircuitBreakerError + Retry-After
-    │   ├── ClusterOverflow         503 + Retry-After
+    │   ├── ClusterOverflow         503 + Retry-After (which threshold: max_requests, max_pending_requests, pending_timeout)
     │   └── TokenUnavailable        503 AuthenticationFailure + Retry-After
     ├── UpstreamError               the partner misbehaved at the transport level (origin "upstream")
-    │   ├── UpstreamTimeout         504
-    │   ├── UpstreamUnreachable     502
-    │   └── UpstreamProtocolError   502
+    │   ├── UpstreamTimeout         504  written, no complete answer within ``timeout`` (idempotent methods)
+    │   ├── UpstreamUnreachable     502  nothing written; or written and not one byte back (idempotent)
+    │   ├── UpstreamProtocolError   502  part of an answer then the end, or an answer that breaks HTTP/1.1
+    │   └── OutcomeUnknown          504  a non-idempotent request (POST) was written and then any of the above
     └── PartnerError                the partner answered an error that errors.yaml mapped
 
-aiohttp / asyncio exceptions become these types only at the two boundaries that talk to the
-network (the forwarder and the token client); one place (``proxy.reply``) renders them.
+aiohttp / asyncio / socket / parser exceptions become these types only at the boundaries that talk
+to the network: each upstream transport (``proxy.upstream.http11``, ``proxy.upstream.aiohttp_client``,
+one table each, through ``proxy.upstream.transport.wire_error``) and the token client; one place
+(``proxy.reply``) renders them.
 """
 
 from __future__ import annotations
@@ -78,6 +81,16 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
     "UPSTREAM_PROTOCOL_ERROR": {
         "en": "The partner sent an invalid response.",
         "id": "Mitra mengirim respons yang tidak valid.",
+    },
+    "UPSTREAM_OUTCOME_UNKNOWN": {
+        "en": (
+            "The request reached the partner but no complete answer came back, so it may or may not have"
+            " been processed. Look the order up with the same data.id before retrying."
+        ),
+        "id": (
+            "Permintaan sampai ke mitra tetapi tidak ada jawaban lengkap, jadi mungkin sudah atau belum"
+            " diproses. Periksa pesanan dengan data.id yang sama sebelum mencoba lagi."
+        ),
     },
     "INTERNAL_ERROR": {
         "en": "The sidecar failed unexpectedly.",
@@ -167,8 +180,9 @@ class CircuitOpen(LocalError):
 class ClusterOverflow(LocalError):
     status, type, code = 503, "ClusterOverflow", "CLUSTER_OVERFLOW"
 
-    def __init__(self, cluster: str) -> None:
-        super().__init__(f"max_connections reached for cluster {cluster}", headers=_retry_after(1))
+    def __init__(self, cluster: str, threshold: str = "max_requests") -> None:
+        super().__init__(f"{threshold} reached for cluster {cluster}", headers=_retry_after(1))
+        self.threshold = threshold
 
 
 class TokenUnavailable(LocalError):
@@ -183,6 +197,8 @@ class UpstreamError(ProxyError):
     origin = "upstream"
     # What the breaker and the retry policy call this failure (config: failures / retry.on).
     kind: ClassVar[str] = "connect_failure"
+    # Whether the forwarder may send the request again (idempotent methods only, within its budget).
+    retryable: ClassVar[bool] = True
 
 
 class UpstreamTimeout(UpstreamError):
@@ -197,6 +213,22 @@ class UpstreamUnreachable(UpstreamError):
 class UpstreamProtocolError(UpstreamError):
     status, type, code = 502, "BadGateway", "UPSTREAM_PROTOCOL_ERROR"
     kind = "5xx"  # a broken answer is the partner failing, like a 5xx
+
+
+class OutcomeUnknown(UpstreamError):
+    """A non-idempotent request (POST) was written, and then no complete, valid answer came back.
+
+    The partner may have acted on it (money may have moved), so it is never retried, and the app is
+    told to look the order up with the same ``data.id`` before sending it again. ``kind`` is what
+    happened on the wire (``timeout``, ``connect_failure`` or ``5xx``), for the breaker.
+    """
+
+    status, type, code = 504, "OutcomeUnknown", "UPSTREAM_OUTCOME_UNKNOWN"
+    retryable = False
+
+    def __init__(self, detail: str = "", *, kind: str = "timeout") -> None:
+        super().__init__(detail)
+        self.kind = kind  # type: ignore[misc]  # per instance: the wire event behind it
 
 
 class PartnerError(ProxyError):

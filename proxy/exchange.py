@@ -65,6 +65,7 @@ class UpstreamResponse:
     content_type: str
     body: bytes
     verdict: Verdict | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # partner headers passed back besides Content-Type (checked)
 
     @property
     def ok(self) -> bool:

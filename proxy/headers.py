@@ -5,9 +5,24 @@ e.g. the credential filter's ``Authorization``).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import UpstreamProtocolError
+
+# A header value an HTTP client refuses (RFC 9110 5.5: field-vchar, SP, HTAB, obs-text only).
+_BAD_VALUE = re.compile("[\x00-\x08\x0a-\x1f\x7f]").search
+
+
+def bad_header_value(value: str) -> bool:
+    """True if ``value`` holds CR, LF, NUL, another C0 control other than HTAB, or DEL."""
+    return _BAD_VALUE(value) is not None
+
+
+class BadHeaderValue(ValueError):
+    """A partner header we would pass back holds a character the app's client would refuse."""
 
 # Never forwarded: the app's own credentials and cookies, Host, hop-by-hop headers (RFC 9110 7.6.1),
 # framing (re-done by the client), and the tracing headers we set ourselves.
@@ -46,15 +61,38 @@ def wire_headers(headers: CIMultiDict[str]) -> list[tuple[str, str]]:
     from the token endpoint) are not: a CR or LF would start a new header line on the wire."""
     out = []
     for name, value in headers.items():
-        if "\r" in value or "\n" in value or "\x00" in value:
+        if bad_header_value(value):
             raise UpstreamProtocolError(f"refusing to send header {name} with a control character")
         out.append((name, value))
     return out
 
 
-def downstream_headers(request_id: str, content_type: str) -> dict[str, str]:
-    """What a passed-through partner answer carries back: its content type and our request id."""
-    headers = {"X-Request-Id": request_id}
+def answer_headers(headers: Iterable[tuple[str, str]], pass_back: frozenset[str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """From the partner's answer: its Content-Type (the first) and the route's allow-listed headers
+    (``pass_back``, lower-case names), each checked; everything else stays with the sidecar."""
+    content_type = ""
+    passed: list[tuple[str, str]] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "content-type":
+            if content_type:
+                continue
+        elif lname not in pass_back:
+            continue
+        if bad_header_value(value):
+            raise BadHeaderValue(f"control character in the partner's {name} header")
+        if lname == "content-type":
+            content_type = value
+        else:
+            passed.append((name, value))
+    return content_type, tuple(passed)
+
+
+def downstream_headers(request_id: str, content_type: str, passed: tuple[tuple[str, str], ...] = ()) -> CIMultiDict[str]:
+    """What a passed-through partner answer carries back: its content type, the allow-listed
+    partner headers (already checked by ``answer_headers``) and our request id."""
+    headers = CIMultiDict(passed)
+    headers["X-Request-Id"] = request_id
     if content_type:
         headers["Content-Type"] = content_type
     return headers

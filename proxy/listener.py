@@ -118,7 +118,7 @@ class Listener:
         verdict = upstream.verdict
         if verdict is not None and verdict.error is not None:
             return self._error(ex, verdict.error)
-        return web.Response(status=upstream.status, body=upstream.body, headers=downstream_headers(ex.request_id, upstream.content_type))
+        return web.Response(status=upstream.status, body=upstream.body, headers=downstream_headers(ex.request_id, upstream.content_type, upstream.headers))
 
     def _error(self, ex: Exchange, error: ProxyError) -> web.Response:
         if ex.error_type is None:

@@ -95,7 +95,12 @@ class Metrics:
         )
         self.retries = Counter(p + "upstream_retries", "Extra partner attempts", ["cluster", "reason"], registry=r)
         self.overflow = Counter(
-            p + "upstream_overflow", "Requests refused because max_connections was reached", ["cluster"], registry=r
+            p + "upstream_overflow", "Requests refused with 503 ClusterOverflow (any threshold; see cluster_overflow)", ["cluster"], registry=r
+        )
+        self.cluster_overflow = Counter(
+            p + "cluster_overflow",
+            "Requests refused with 503 ClusterOverflow, by threshold (max_requests, max_pending_requests, pending_timeout)",
+            ["cluster", "threshold"], registry=r,
         )
         self.config_reloads = Counter(p + "config_reloads", "Config reloads by result", ["result"], registry=r)
         self.notifications = Counter(p + "notifications", "Notifications by sink and result", ["sink", "result"], registry=r)

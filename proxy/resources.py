@@ -135,7 +135,8 @@ class Resources:
         if not retired:
             return
         grace = RETIRE_MARGIN + max(
-            (c.config.timeout * (1 + c.config.retry.attempts) for c in retired if isinstance(c, Cluster)),
+            # each attempt may first wait for a pooled connection, then time out
+            ((c.config.timeout + c.config.pending_timeout) * (1 + c.config.retry.attempts) for c in retired if isinstance(c, Cluster)),
             default=0.0,
         )
         task = asyncio.get_running_loop().create_task(self._close_later(retired, grace))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,17 @@ from proxy.state import ProxyState
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "config" / "routes.yaml"
 ERRORS = ROOT / "config" / "errors.yaml"
+
+# PARTNER_PROXY_TEST_CLIENT=aiohttp runs the whole suite with ``clusters.<name>.client: aiohttp``
+# (the shipped routes.yaml with its commented ``client:`` line switched on), so both upstream
+# transports pass every test, subprocess ones included.
+_CLIENT_MARK = "  # PARTNER_PROXY_TEST_CLIENT"
+TEST_CLIENT = os.environ.get("PARTNER_PROXY_TEST_CLIENT", "")
+if TEST_CLIENT:
+    _text, _n = re.subn(r"^    # client: http11.*$", f"    client: {TEST_CLIENT}{_CLIENT_MARK}", ROUTES.read_text(), count=1, flags=re.M)
+    assert _n == 1, "routes.yaml has no '    # client: http11' line to switch"
+    ROUTES = Path(tempfile.mkdtemp(prefix="partner-proxy-client-")) / "routes.yaml"
+    ROUTES.write_text(_text)
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
 JSON_HEADERS = {"Content-Type": "application/json", "X-Client-Id": "app-1"}
 
@@ -46,6 +60,8 @@ def patched_routes(tmp_path: Path, replacements: dict[str, str]) -> Path:
     for old, new in replacements.items():
         assert old in text, f"{old!r} not in routes.yaml"
         text = text.replace(old, new)
+    if TEST_CLIENT and len(re.findall(r"^    client:", text, flags=re.M)) > 1:
+        text = "\n".join(line for line in text.split("\n") if not line.endswith(_CLIENT_MARK))  # the test's own choice wins
     path = tmp_path / "routes.yaml"
     path.write_text(text)
     return path

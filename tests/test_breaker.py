@@ -81,13 +81,13 @@ def base(sandbox: TestServer) -> str:
     return str(sandbox.make_url("")).rstrip("/")
 
 
-async def breaker_rig(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path, *, fail_max: int = 3, reset: str = "30s", half_open: int = 1, attempts: int = 0, max_connections: int = 100) -> Rig:
+async def breaker_rig(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path, *, fail_max: int = 3, reset: str = "30s", half_open: int = 1, attempts: int = 0, max_connections: int = 100, limits: str = "") -> Rig:
     routes = patched_routes(
         tmp_path,
         {
             "circuit_breaker: {fail_max: 5, reset_timeout: 30s, half_open_max_calls: 1}": f"circuit_breaker: {{fail_max: {fail_max}, reset_timeout: {reset}, half_open_max_calls: {half_open}}}",
             "retry: {attempts: 1, retry_on: [connect_failure, 5xx]}": f"retry: {{attempts: {attempts}, retry_on: [connect_failure, 5xx]}}",
-            "max_connections: 100": f"max_connections: {max_connections}",
+            "max_connections: 100": f"max_connections: {max_connections}" + "".join(f"\n    {kv.strip()}" for kv in limits.split(",") if kv.strip()),
         },
     )
     return await make_rig(aiohttp_client, sandbox, shipped_config(base(sandbox), routes=routes))
@@ -168,15 +168,30 @@ async def test_retries_count_toward_fail_max(aiohttp_client: Any, sandbox: TestS
     assert metric(text, 'partner_proxy_upstream_retries_total{cluster="tokopedia",reason="5xx"}') == 1.0
 
 
-async def test_overflow_answers_503_at_once(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path) -> None:
-    rig = await breaker_rig(aiohttp_client, sandbox, tmp_path, max_connections=2)
+async def test_past_the_pool_requests_wait_and_past_the_pending_bound_answer_503_at_once(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path) -> None:
+    # Envoy's thresholds: 2 connections, 2 may wait for one; the other 2 of 6 are refused at once.
+    rig = await breaker_rig(aiohttp_client, sandbox, tmp_path, max_connections=2, limits="max_pending_requests: 2")
     assert (await rig.get()).status == 200  # warm the token so requests race only for slots
     responses = await asyncio.gather(*(rig.get("?product_code=delay-300") for _ in range(6)))
     statuses = sorted(r.status for r in responses)
-    assert statuses == [200, 200, 503, 503, 503, 503]
-    overflow = [await r.json() for r in responses if r.status == 503]
-    assert all(b["error"]["type"] == "ClusterOverflow" for b in overflow)
-    assert metric(await rig.metrics(), 'partner_proxy_upstream_overflow_total{cluster="tokopedia"}') == 4.0
+    assert statuses == [200, 200, 200, 200, 503, 503]
+    overflow = [r for r in responses if r.status == 503]
+    for r in overflow:
+        assert (await r.json())["error"]["type"] == "ClusterOverflow" and r.headers["Retry-After"] == "1"
+    text = await rig.metrics()
+    assert metric(text, 'partner_proxy_upstream_overflow_total{cluster="tokopedia"}') == 2.0  # every threshold, as before
+    assert metric(text, 'partner_proxy_cluster_overflow_total{cluster="tokopedia",threshold="max_pending_requests"}') == 2.0
+
+
+async def test_a_wait_past_pending_timeout_and_a_request_past_max_requests_are_503(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path) -> None:
+    rig = await breaker_rig(aiohttp_client, sandbox, tmp_path, max_connections=1, limits="pending_timeout: 100ms, max_requests: 3")
+    assert (await rig.get()).status == 200
+    responses = await asyncio.gather(*(rig.get("?product_code=delay-400") for _ in range(4)))
+    assert sorted(r.status for r in responses) == [200, 503, 503, 503]
+    text = await rig.metrics()
+    assert metric(text, 'partner_proxy_cluster_overflow_total{cluster="tokopedia",threshold="max_requests"}') == 1.0
+    assert metric(text, 'partner_proxy_cluster_overflow_total{cluster="tokopedia",threshold="pending_timeout"}') == 2.0
+    assert rig.state.current().clusters["tokopedia"].limits.pending == 0  # nothing left waiting
 
 
 async def test_retry_budget_bounds_retries(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from proxy.errors import ConfigError
 from proxy.metrics import BREAKER_STATES
 from proxy.oauth.client import REASONS
 from proxy.otel import DROP_REASONS, package_version
+from proxy.upstream.cluster import OVERFLOW_THRESHOLDS
 from proxy.sandbox.catalogue import ERROR_CATALOGUE, is_fault_token, split_product_codes
 from tests.helpers import (
     CLIENT_ID,
@@ -665,6 +666,7 @@ async def test_metric_label_values_come_only_from_config_and_closed_sets(rig: Ri
         "sink": {"slack", "datadog", "newrelic", "queue"},
         "pid": {str(os.getpid())},
         "version": {package_version()},
+        "threshold": set(OVERFLOW_THRESHOLDS),
     }
     seen: dict[str, set[str]] = {}
     for name, labels, _ in samples(await rig.metrics()):

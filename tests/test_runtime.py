@@ -24,22 +24,22 @@ def build(resources: Resources, loaded: LoadedConfig) -> Runtime:
 async def test_replaced_cluster_stays_open_for_requests_in_flight_then_closes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("proxy.resources.RETIRE_MARGIN", 0.2)
     resources = Resources(Metrics())
-    short = patched_routes(tmp_path, {"timeout: 10s": "timeout: 100ms"})
+    short = patched_routes(tmp_path, {"timeout: 10s": "timeout: 100ms", "max_connections: 100": "max_connections: 100\n    pending_timeout: 100ms"})
     first = build(resources, shipped_config("http://127.0.0.1:1", routes=short))
     same = build(resources, shipped_config("http://127.0.0.1:1", routes=short))
     assert same.clusters["tokopedia"] is first.clusters["tokopedia"]  # unchanged config: same pool and breaker
     second = build(resources, shipped_config("http://127.0.0.1:1"))  # the cluster's timeout changed
     old, new = first.clusters["tokopedia"], second.clusters["tokopedia"]
     assert old is not new
-    assert old.pool is not None and not old.pool._closed  # a request that started on it may still retry
+    assert not old.transport._closed  # a request that started on it may still retry
     for _ in range(100):
-        if old.pool._closed:
+        if old.transport._closed:
             break
         await asyncio.sleep(0.02)
-    assert old.pool._closed  # closed after the longest such request could take (2 x 100 ms + margin)
-    assert new.pool is not None and not new.pool._closed
+    assert old.transport._closed  # closed after the longest such request could take (2 x (100 ms wait + 100 ms attempt) + margin)
+    assert not new.transport._closed
     await resources.close()
-    assert new.pool._closed
+    assert new.transport._closed
 
 
 async def test_a_build_that_is_discarded_leaves_the_running_objects_alone(tmp_path: Path) -> None:
@@ -49,9 +49,9 @@ async def test_a_build_that_is_discarded_leaves_the_running_objects_alone(tmp_pa
     staged = Staged()
     candidate = compile_runtime(shipped_config("http://127.0.0.1:1", routes=short), resources, staged)
     await resources.discard(staged)  # e.g. the notifier could not be started: nothing is applied
-    assert candidate.clusters["tokopedia"].pool is not None and candidate.clusters["tokopedia"].pool._closed
+    assert candidate.clusters["tokopedia"].transport._closed
     again = build(resources, shipped_config("http://127.0.0.1:1"))
     assert again.clusters["tokopedia"] is running.clusters["tokopedia"]  # still the running one
-    pool = running.clusters["tokopedia"].pool
-    assert pool is not None and not pool._closed
+    pool = running.clusters["tokopedia"].transport
+    assert not pool._closed
     await resources.close()

@@ -281,11 +281,19 @@ def _cluster(ctx: _Ctx, name: str, s: _Section) -> ClusterConfig:
         timeout=s.duration("timeout", d["timeout"]),
         connect_timeout=s.duration("connect_timeout", d["connect_timeout"]),
         max_connections=s.integer("max_connections", d["max_connections"], minimum=1),
+        max_pending_requests=s.integer("max_pending_requests", d["max_pending_requests"], minimum=1),
+        pending_timeout=s.duration("pending_timeout", d["pending_timeout"]),
+        max_requests=s.integer("max_requests", d["max_requests"], minimum=1),
+        idle_timeout=s.duration("idle_timeout", d["idle_timeout"]),
+        max_connection_duration=s.duration("max_connection_duration", d["max_connection_duration"]),
         circuit_breaker=breaker,
         retry=retry,
         max_response_bytes=s.integer("max_response_bytes", d["max_response_bytes"], minimum=1024),
         client=s.string("client", d["client"]) or d["client"],
     )
+    for key in ("pending_timeout", "idle_timeout"):
+        if getattr(cfg, key) <= 0:
+            ctx.error(s.line_of(key), s.key_path(key), f"must be a positive duration such as 5s or 500ms, not {getattr(cfg, key):g}s")
     if cfg.client not in CLIENTS:
         ctx.error(s.line_of("client"), s.key_path("client"), f"{cfg.client!r} is not one of {', '.join(CLIENTS)}")
     s.finish()

@@ -117,7 +117,12 @@ class ClusterConfig:
     credentials: str | None = None
     timeout: Duration = 10.0
     connect_timeout: Duration = 2.0
-    max_connections: int = 100
+    max_connections: int = 100          # pool size: attempts on the wire at once (Envoy's max_connections)
+    max_pending_requests: int = 1000     # attempts that may wait for a pooled connection...
+    pending_timeout: Duration = 5.0      # ...each for at most this long; past either: 503 ClusterOverflow
+    max_requests: int = 1000             # requests in the cluster at once (waiting or in flight)
+    idle_timeout: Duration = 30.0        # an idle pooled connection older than this is never reused
+    max_connection_duration: Duration = 0.0  # a connection older than this is closed after its answer; 0: off
     circuit_breaker: BreakerConfig = field(default_factory=BreakerConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     max_response_bytes: int = 8 * 1024 * 1024

@@ -1,16 +1,20 @@
-"""A cluster: one partner base URL with its connection pool, timeouts, breaker, cap and retry budget."""
+"""A cluster: one partner base URL with its transport, timeouts, breaker, connection thresholds and retry budget."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-
-import aiohttp
+from collections import deque
 
 from proxy.config.models import ClusterConfig
 from proxy.errors import ClusterOverflow
 from proxy.metrics import Metrics
+from proxy.upstream.aiohttp_client import AiohttpTransport
 from proxy.upstream.breaker import BreakerGuard
 from proxy.upstream.http11 import Http11Pool
+from proxy.upstream.transport import Transport
+
+OVERFLOW_THRESHOLDS = ("max_requests", "max_pending_requests", "pending_timeout")
 
 
 class RetryBudget:
@@ -49,6 +53,91 @@ class RetryBudget:
         return False
 
 
+class ConnectionLimits:
+    """Envoy's cluster thresholds, above the transport so every transport honours them.
+
+    - ``max_requests``: requests in the cluster at once (waiting, in flight, or between retries);
+      one more is refused at once (503 ``ClusterOverflow``, threshold ``max_requests``).
+    - ``max_connections``: attempts on the wire at once, so the pool never holds more connections
+      (HTTP/1.1: one request per connection). An attempt beyond it waits, FIFO, for a connection;
+    - at most ``max_pending_requests`` wait (one more: threshold ``max_pending_requests``), each for
+      at most ``pending_timeout`` (then: threshold ``pending_timeout``).
+
+    A freed connection slot is handed straight to the oldest waiter, so a burst drains in order.
+    """
+
+    def __init__(self, config: ClusterConfig, metrics: Metrics) -> None:
+        self.name = config.name
+        self.max_connections = config.max_connections
+        self.max_pending = config.max_pending_requests
+        self.pending_timeout = config.pending_timeout
+        self.max_requests = config.max_requests
+        self.metrics = metrics
+        self.requests = 0   # in the cluster (max_requests)
+        self.active = 0     # holding a connection slot (max_connections)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        metrics.overflow.labels(self.name)  # exists at 0, so increase() sees the first overflow
+        for threshold in OVERFLOW_THRESHOLDS:
+            metrics.cluster_overflow.labels(self.name, threshold)
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiters)
+
+    def overflow(self, threshold: str) -> ClusterOverflow:
+        self.metrics.overflow.labels(self.name).inc()
+        self.metrics.cluster_overflow.labels(self.name, threshold).inc()
+        return ClusterOverflow(self.name, threshold)
+
+    def enter(self) -> None:
+        if self.requests >= self.max_requests:
+            raise self.overflow("max_requests")
+        self.requests += 1
+
+    def leave(self) -> None:
+        self.requests -= 1
+
+    def try_acquire(self) -> bool:
+        """Take a connection slot if one is free and nobody is queued ahead."""
+        if self.active < self.max_connections and not self._waiters:
+            self.active += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Wait, bounded in number and time, for a connection slot."""
+        if self.try_acquire():
+            return
+        if len(self._waiters) >= self.max_pending:
+            raise self.overflow("max_pending_requests")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.pending_timeout):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed over just as we gave up: pass it on
+            else:
+                waiter.cancel()
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            if isinstance(exc, TimeoutError):
+                raise self.overflow("pending_timeout") from None
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves to the oldest waiter; ``active`` is unchanged
+                return
+        self.active -= 1
+
+
 class Cluster:
     """Built once per cluster config; survives reloads that leave its config unchanged."""
 
@@ -58,58 +147,40 @@ class Cluster:
         self.metrics = metrics
         self.breaker = breaker
         self.budget = RetryBudget(config.retry.budget_ratio, config.retry.budget_min_per_second)
-        self.timeout = aiohttp.ClientTimeout(total=config.timeout, sock_connect=config.connect_timeout)
-        self.inflight = 0
-        # The lean HTTP/1.1 pool by default; ``client: aiohttp`` keeps aiohttp's ClientSession.
-        self.pool: Http11Pool | None = (
-            Http11Pool(
+        self.limits = ConnectionLimits(config, metrics)
+        # The lean HTTP/1.1 pool by default; ``client: aiohttp`` uses aiohttp's ClientSession.
+        self.transport: Transport
+        if config.client == "http11":
+            self.transport = Http11Pool(
                 config.base_url,
                 connect_timeout=config.connect_timeout,
                 max_body=config.max_response_bytes,
                 max_idle=config.max_connections,
+                idle_timeout=config.idle_timeout,
+                max_connection_duration=config.max_connection_duration,
             )
-            if config.client == "http11"
-            else None
-        )
+        else:
+            self.transport = AiohttpTransport(
+                config.base_url,
+                connect_timeout=config.connect_timeout,
+                max_body=config.max_response_bytes,
+                max_connections=config.max_connections,
+                idle_timeout=config.idle_timeout,
+                max_connection_duration=config.max_connection_duration,
+            )
         metrics.unmapped.labels(self.name)  # exists at 0, so increase() sees the first unmapped code
-        metrics.overflow.labels(self.name)
-        self._session: aiohttp.ClientSession | None = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        # Created lazily inside the running loop (aiohttp wants a loop), then reused for every call.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.config.max_connections,  # one host per cluster: no per-host bookkeeping needed
-                ttl_dns_cache=300,
-                keepalive_timeout=30,
-                enable_cleanup_closed=False,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self.timeout,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),  # a partner cookie must not leak into the next app request
-            )
-            # aiohttp silently re-sends an idempotent request once when a pooled connection drops.
-            # Retries are ours to decide (counted, budgeted, seen by the breaker), so switch it off;
-            # aiohttp's own TestClient sets the same attribute.
-            self._session._retry_connection = False
-        return self._session
+    def pool(self) -> Http11Pool | None:
+        """The http11 transport, or None when the cluster uses aiohttp."""
+        return self.transport if isinstance(self.transport, Http11Pool) else None
 
     def enter(self) -> None:
-        """Take an in-flight slot or refuse at once: a queue without bound is an outage amplifier."""
-        if self.inflight >= self.config.max_connections:
-            self.metrics.overflow.labels(self.name).inc()
-            raise ClusterOverflow(self.name)
-        self.inflight += 1
+        """Count a request into the cluster, or refuse it at once past ``max_requests``."""
+        self.limits.enter()
 
     def leave(self) -> None:
-        self.inflight -= 1
+        self.limits.leave()
 
     async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.transport.close()

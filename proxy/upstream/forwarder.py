@@ -1,7 +1,10 @@
-"""The terminal of every chain: send the request to the cluster, guard each attempt, retry within bounds.
+"""The terminal of every chain: retries, the breaker guard, the connection thresholds and metrics.
 
-This is one of the two places where aiohttp/asyncio exceptions become our error types (the
-other is the token client), always ``from exc`` so logs keep the cause.
+The wire itself is the cluster's ``Transport`` (``proxy.upstream.http11`` or
+``proxy.upstream.aiohttp_client``), which already turned its exceptions into our error types
+(one table each). Here: build the ``UpstreamRequest`` once per attempt loop, wait (bounded) for a
+connection slot, guard each attempt with the breaker, retry idempotent methods within the retry
+budget, check every header value handed back to the app, and count.
 """
 
 from __future__ import annotations
@@ -10,25 +13,25 @@ import asyncio
 import random
 import time
 
-import aiohttp
 from yarl import URL
 
-from proxy.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import UpstreamError
 from proxy.exchange import Exchange, UpstreamResponse
-from proxy.headers import wire_headers
+from proxy.headers import BadHeaderValue, answer_headers, wire_headers
 from proxy.upstream.cluster import Cluster
+from proxy.upstream.transport import IDEMPOTENT, Event, Phase, UpstreamAnswer, UpstreamRequest, wire_error
 
-DEFAULT_BODY_LIMIT = 1024 * 1024  # a body route without its own limit (the body filter sets one)
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+DEFAULT_BODY_LIMIT = 1024 * 1024  # a body route without its own limit (the body filter sets one)
 
 
 class Forwarder:
-    """Built once per route: the upstream URL and method are prepared here, not per request."""
+    """Built once per route: the upstream URL and the partner headers passed back are prepared here."""
 
-    def __init__(self, cluster: Cluster, url: URL) -> None:
+    def __init__(self, cluster: Cluster, url: URL, pass_back: frozenset[str] = frozenset()) -> None:
         self.cluster = cluster
         self.url = url
+        self.pass_back = pass_back  # lower-case names of partner headers handed back besides Content-Type
         retry = cluster.config.retry
         self.retry_on = frozenset(retry.retry_on)
         self.max_attempts = 1 + retry.attempts
@@ -39,11 +42,13 @@ class Forwarder:
     async def __call__(self, ex: Exchange) -> UpstreamResponse:
         cluster = self.cluster
         method = ex.method
+        # POST and PATCH are never sent twice by the forwarder: the partner may have acted on the first.
         may_retry = method in IDEMPOTENT and self.max_attempts > 1
         if ex.body is None and method in BODY_METHODS and ex.downstream.has_body:
             # Read after validation (a 405 must not wait for a body) and before taking a slot;
             # a route's body filter may have read it already, under the route's own limit.
             ex.body = await ex.downstream.read_body(DEFAULT_BODY_LIMIT)
+        upstream = UpstreamRequest(method, self._target(ex), wire_headers(ex.upstream_headers), ex.body or b"")
         cluster.enter()
         try:
             cluster.budget.on_request()
@@ -53,9 +58,12 @@ class Forwarder:
                 ex.attempts += 1
                 ex.breaker_state = cluster.breaker.state
                 try:
-                    response = await self._attempt(ex, method)
+                    response = await self._attempt(upstream)
                 except UpstreamError as exc:
-                    if may_retry and attempt < self.max_attempts and exc.kind in self.retry_on and self._breaker_allows() and self._may_retry(exc.kind):
+                    if (
+                        may_retry and exc.retryable and attempt < self.max_attempts and exc.kind in self.retry_on
+                        and self._breaker_allows() and self._may_retry(exc.kind)
+                    ):
                         await self._backoff(attempt)
                         continue
                     raise
@@ -81,57 +89,34 @@ class Forwarder:
         delay = min(retry.backoff_max, retry.backoff_base * (2 ** (attempt - 1)))
         await asyncio.sleep(random.uniform(0, delay))  # full jitter
 
-    async def _attempt(self, ex: Exchange, method: str) -> UpstreamResponse:
+    async def _attempt(self, request: UpstreamRequest) -> UpstreamResponse:
         cluster = self.cluster
+        limits = cluster.limits
+        if not limits.try_acquire():
+            await limits.acquire()  # bounded: max_pending_requests, pending_timeout -> ClusterOverflow
         started = time.perf_counter()
         status_label = "error"
         try:
             async with cluster.breaker.attempt() as guard:
-                pool = cluster.pool
-                if pool is not None:
-                    try:
-                        answer = await pool.request(
-                            pool.request_bytes(method, self._path_qs(ex), wire_headers(ex.upstream_headers), ex.body or b""),
-                            head_only=method == "HEAD",
-                            timeout=cluster.config.timeout,
-                        )
-                    except UpstreamTimeout:
-                        status_label = "timeout"
-                        raise
-                    status_label = self._status_label(answer.status)
-                    if answer.status >= 500:
-                        guard.fail("5xx")
-                    return UpstreamResponse(answer.status, answer.content_type, answer.body)
                 try:
-                    async with cluster.session.request(
-                        method,
-                        self.url,
-                        params=ex.upstream_query or None,
-                        headers=ex.upstream_headers,
-                        data=ex.body if ex.body else None,
-                        allow_redirects=False,
-                    ) as resp:
-                        body = await _read_bounded(resp, cluster.config.max_response_bytes)
-                        status_label = self._status_label(resp.status)
-                        if resp.status >= 500:
-                            guard.fail("5xx")
-                        return UpstreamResponse(resp.status, resp.headers.get("Content-Type", ""), body)
-                except asyncio.TimeoutError as exc:
-                    status_label = "timeout"
-                    raise UpstreamTimeout(f"no answer within {cluster.config.timeout}s") from exc
-                except aiohttp.ClientConnectorError as exc:
-                    raise UpstreamUnreachable(f"connect failed: {exc.os_error.__class__.__name__}") from exc
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                    raise UpstreamUnreachable(f"connection lost: {exc.__class__.__name__}") from exc
-                except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError, aiohttp.ClientError) as exc:
-                    raise UpstreamProtocolError(f"bad response: {exc.__class__.__name__}") from exc
+                    answer = await cluster.transport.send(request, timeout=cluster.config.timeout)
+                except UpstreamError as exc:
+                    if exc.kind == "timeout":
+                        status_label = "timeout"
+                    raise
+                response = _checked(answer, request.method, self.pass_back)
+                status_label = self._status_label(answer.status)
+                if answer.status >= 500:
+                    guard.fail("5xx")
+                return response
         finally:
+            limits.release()
             hist = self._durations.get(status_label)
             if hist is None:
                 hist = self._durations[status_label] = cluster.metrics.upstream_duration.labels(cluster.name, status_label)
             hist.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
 
-    def _path_qs(self, ex: Exchange) -> str:
+    def _target(self, ex: Exchange) -> str:
         if ex.upstream_query:
             return self.url.with_query(ex.upstream_query).raw_path_qs
         return self._raw_path
@@ -144,18 +129,11 @@ class Forwarder:
         return label
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or UpstreamProtocolError past ``limit``: a partner cannot exhaust our memory."""
-    length = resp.content_length
-    if length is not None:
-        if length > limit:
-            raise UpstreamProtocolError(f"partner response of {length} bytes is over the {limit} byte limit")
-        return await resp.read()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamProtocolError(f"partner response is over the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _checked(answer: UpstreamAnswer, method: str, pass_back: frozenset[str]) -> UpstreamResponse:
+    """The header policy picks what goes back (``proxy.headers.answer_headers``); a value the app's
+    HTTP client would refuse makes the answer a protocol error, never a dropped app connection."""
+    try:
+        content_type, passed = answer_headers(answer.headers, pass_back)
+    except BadHeaderValue as exc:
+        raise wire_error(Phase.ANSWERING, Event.VIOLATION, method, str(exc)) from exc
+    return UpstreamResponse(answer.status, content_type, answer.body, headers=passed)

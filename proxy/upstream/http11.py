@@ -1,69 +1,238 @@
-"""A lean HTTP/1.1 client for the partner hot path: a keep-alive pool, a prebuilt request, a strict parser.
+"""A lean HTTP/1.1 transport for the partner hot path: a keep-alive pool, a prebuilt request, llhttp strict.
 
-Why not aiohttp's ClientSession here (it still serves the token endpoint and the notifiers): on the
-benchmark machine its per-request machinery (request object, header merging, timers, response
-object, stream reader) cost more CPU than everything else the sidecar does, and a sidecar pays it
-on every call. A proxy only needs a small part of HTTP: send one request on a pooled connection,
-read one response whose framing is unambiguous, and hand back the status, the content type and
-the body. That part is written here, strictly:
+Why not aiohttp's ClientSession here (it still serves the token endpoint, the notifiers and
+``clusters.<name>.client: aiohttp``): on the benchmark machine its per-request machinery (request
+object, header merging, timers, response object, stream reader) cost more CPU than everything else
+the sidecar does, and a sidecar pays it on every call. A proxy only needs a small part of HTTP:
+send one request on a pooled connection, read one response whose framing is unambiguous, and hand
+back the status, the headers and the body.
 
-- framing: Content-Length or chunked; both at once, a bad length, a bad chunk, a header block over
-  ``MAX_HEAD`` or a body over the cluster's ``max_response_bytes`` is a protocol error (502), so
-  a confused or hostile partner can neither smuggle a second response nor exhaust memory;
-- 1xx answers are skipped; 204/304 and HEAD have no body; no length means "read until close";
-- a connection is reused only when the response was HTTP/1.1, completely read and not
-  ``Connection: close``; one that closes while idle is dropped from the pool, never written to;
-- nothing is retried here: retries belong to the forwarder, where they are counted and budgeted;
-- redirects are answers like any other (the forwarder never follows them).
+Answers are parsed by llhttp (Node's parser, in C, through ``httptools``) with every leniency off,
+which is llhttp's default and what ``httptools`` builds (``tests/test_http11.py`` proves it on
+bare CR/LF). ``StrictAnswer`` adds what llhttp lets through and a proxy must not:
+
+- a reason phrase with NUL or another control character (llhttp accepts any byte but CR/LF there);
+- an HTTP version other than 1.0/1.1 (llhttp also parses ``HTTP/2.0`` text);
+- a ``Transfer-Encoding`` other than exactly one ``chunked`` (we never send ``TE``, so ``gzip,
+  chunked`` or ``chunked, chunked`` is a partner we cannot read correctly, and llhttp reads
+  ``chunked, gzip`` until close);
+- a 101 (we never ask for an upgrade); a head over ``MAX_HEAD`` or a body over ``max_response_bytes``;
+- bytes after a complete answer: the answer is used, the connection is closed (never reused, so a
+  smuggled second answer cannot reach the next request).
+
+1xx answers before the real one are skipped; 204/304 and HEAD have no body; no length means "read
+until close". A connection is reused only when the answer was complete, keep-alive, and the
+connection is younger than ``max_connection_duration`` and was idle less than ``idle_timeout``.
+Nothing is retried here, nothing is counted: that is the forwarder's job. Exceptions become our
+error types in ONE table, ``EXCEPTIONS``, through ``proxy.upstream.transport.wire_error``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
+import time
 from collections import deque
-from dataclasses import dataclass
 
+import httptools
 from yarl import URL
 
-from proxy.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, map_exception, wire_error
 
 MAX_HEAD = 64 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search  # RFC 9112 4: HTAB / SP / VCHAR / obs-text
 
 
-@dataclass(slots=True)
-class Response:
-    status: int
-    content_type: str
-    body: bytes
+class Violation(Exception):
+    """The answer breaks HTTP/1.1 (or our caps). Raised inside the parser callbacks."""
 
 
-class _Framing(Exception):
-    """Raised inside the parser; becomes UpstreamProtocolError at the boundary."""
+class Closed(Exception):
+    """The connection ended before a complete answer."""
+
+
+class _Leftover(Exception):
+    """Bytes after a complete answer: stops the parser; the connection is closed."""
+
+
+# The ONE table from what this transport can raise to a wire event (first match wins: subclasses
+# first). ``tests/test_http11.py`` enumerates every exception class and checks it is mapped.
+EXCEPTIONS: tuple[tuple[type[BaseException], Event], ...] = (
+    (Violation, Event.VIOLATION),
+    (httptools.HttpParserUpgrade, Event.VIOLATION),
+    (httptools.HttpParserError, Event.VIOLATION),  # and its Callback / InvalidStatus / ... subclasses
+    (Closed, Event.CLOSED),
+    (TimeoutError, Event.TIMEOUT),                 # before OSError: TimeoutError is one
+    (ssl.SSLError, Event.VIOLATION),               # a TLS failure: before the first byte it is NOT_SENT anyway
+    (OSError, Event.CLOSED),                       # refused, reset, unreachable, DNS (gaierror), broken pipe
+)
+
+
+class StrictAnswer:
+    """llhttp callbacks for one connection's answers, plus the checks llhttp leaves to us.
+
+    Shared by both transports: ``aiohttp_client`` feeds the same bytes through it so the two give
+    the same verdicts. ``feed()`` raises ``Violation`` / ``HttpParserError``; ``done`` turns true
+    when the final answer is complete; bytes past it set ``leftover``.
+    """
+
+    __slots__ = (
+        "parser", "max_body", "head_only", "received", "status", "headers", "body", "body_len",
+        "headers_done", "done", "leftover", "interim", "keep_alive", "framed", "head_len", "_te", "_on_done",
+    )
+
+    def __init__(self, max_body: int, on_done: object = None) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.max_body = max_body
+        self._on_done = on_done
+        self.reset(False)
+
+    def reset(self, head_only: bool) -> None:
+        self.head_only = head_only
+        self.received = 0
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body = bytearray()
+        self.body_len = 0
+        self.headers_done = False
+        self.done = False
+        self.leftover = False
+        self.interim = False
+        self.keep_alive = False
+        self.framed = True  # False: the body ends with the connection
+        self.head_len = 0
+        self._te: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except _Leftover:
+            self.leftover = True
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Leftover):
+                self.leftover = True
+                return
+            if isinstance(cause, Violation):
+                raise cause from None
+            if self.done:
+                self.leftover = True  # garbage after a complete answer: the answer stands
+                return
+            raise Violation(f"llhttp: {exc}") from exc
+        except httptools.HttpParserUpgrade as exc:
+            raise Violation("101 Switching Protocols: no upgrade was asked for") from exc
+        if not self.headers_done and self.received > MAX_HEAD:
+            raise Violation(f"response head over {MAX_HEAD} bytes")
+
+    def eof(self) -> bool:
+        """The connection ended: True if that completes an answer delimited by the close."""
+        if self.done:
+            return True
+        if self.headers_done and not self.interim and not self.framed:
+            self.done = True
+            return True
+        return False
+
+    # -- llhttp callbacks -------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            raise _Leftover()
+        self.headers = []
+        self._te = []
+        self.head_len = 0
+        self.headers_done = False
+        self.interim = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.head_len += len(reason) + 15
+        if _BAD_REASON(reason):
+            raise Violation("control character in the status line")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp (strict) already refused CR, LF, NUL, other controls and DEL in names and values.
+        self.head_len += len(name) + len(value) + 4
+        if self.head_len > MAX_HEAD:
+            raise Violation(f"response head over {MAX_HEAD} bytes")
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            self._te.append(value)
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        if parser.get_http_version() not in ("1.1", "1.0"):
+            raise Violation(f"HTTP version {parser.get_http_version()} in an HTTP/1.1 answer")
+        status = parser.get_status_code()
+        if status < 100 or status > 999:
+            raise Violation(f"status code {status}")
+        self.status = status
+        self.headers_done = True
+        if status < 200:
+            if status == 101:
+                raise Violation("101 Switching Protocols: no upgrade was asked for")
+            self.interim = True  # 100, 103...: the real answer follows
+            return
+        if self._te:
+            codings = [c.strip().lower() for v in self._te for c in v.split(b",")]
+            if codings != [b"chunked"]:
+                raise Violation(f"Transfer-Encoding {b', '.join(self._te).decode('latin-1')!r}: only one 'chunked' is accepted")
+        length = parser_content_length(self.headers)
+        if length is not None and length > self.max_body and not self.head_only:
+            raise Violation(f"partner response of {length} bytes is over the {self.max_body} byte limit")
+        self.keep_alive = parser.should_keep_alive()
+        no_body = self.head_only or status in (204, 304)
+        self.framed = no_body or bool(self._te) or length is not None
+        if self.head_only:
+            # llhttp cannot be told the request was HEAD: finish here and never reuse the connection
+            self.keep_alive = False
+            self._finish()
+
+    def on_body(self, data: bytes) -> None:
+        if self.done:
+            raise _Leftover()
+        self.body_len += len(data)
+        if self.body_len > self.max_body:
+            raise Violation(f"partner response is over the {self.max_body} byte limit")
+        self.body += data
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            self.headers_done = False
+            return
+        if not self.done:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        if self._on_done is not None:
+            self._on_done()  # type: ignore[operator]
+
+
+def parser_content_length(headers: list[tuple[str, str]]) -> int | None:
+    # llhttp refused a second Content-Length and any non-digit; here it is one run of digits.
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == "content-length":
+            return int(value)
+    return None
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection; parses exactly one response per request."""
+    """One TCP (or TLS) connection; parses exactly one answer per request."""
 
     def __init__(self, max_body: int) -> None:
         self.transport: asyncio.Transport | None = None
-        self.max_body = max_body
         self.closed = False
-        self._buf = bytearray()
-        self._waiter: asyncio.Future[Response] | None = None
-        self._head_only = False
+        self.answer = StrictAnswer(max_body, self._answered)
+        self._waiter: asyncio.Future[UpstreamAnswer] | None = None
         self.reusable = False
-        # parser state for the response being read
-        self._status = 0
-        self._content_type = ""
-        self._length: int | None = None
-        self._chunked = False
-        self._keep_alive = False
-        self._in_body = False
-        self._body = bytearray()
-        self._chunk_left = -1  # -1: expecting a chunk-size line
-        self._until_close = False
+        self.created = time.monotonic()
+        self.idle_since = self.created
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -72,41 +241,56 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.reusable = False
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            if self._until_close and self._in_body:
-                waiter.set_result(Response(self._status, self._content_type, bytes(self._body)))
+            if self.answer.eof():
+                self._answered()
             else:
-                waiter.set_exception(UpstreamUnreachable("connection closed before a complete response"))
+                error = Closed("connection ended before a complete answer" + (f": {exc.__class__.__name__}" if exc else ""))
+                error.__cause__ = exc
+                waiter.set_exception(error)
 
     def eof_received(self) -> bool | None:
         return False  # close the transport: connection_lost settles the waiter
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None or self._waiter.done():
-            # bytes nobody asked for (e.g. after a complete response): the connection is unusable
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            self.close()  # bytes nobody asked for (e.g. after a complete answer): never reuse
+            return
+        answer = self.answer
+        try:
+            answer.feed(data)
+        except Violation as exc:
+            self.close()
+            if not waiter.done():
+                waiter.set_exception(exc)
+            return
+        if answer.leftover:
             self.reusable = False
             self.close()
-            return
-        self._buf += data
-        try:
-            self._parse()
-        except _Framing as exc:
-            self.close()
-            if not self._waiter.done():
-                self._waiter.set_exception(UpstreamProtocolError(str(exc)))
+
+    def _answered(self) -> None:
+        answer = self.answer
+        waiter, self._waiter = self._waiter, None
+        self.reusable = answer.keep_alive and answer.framed
+        if waiter is not None and not waiter.done():
+            waiter.set_result(UpstreamAnswer(answer.status, answer.headers, bytes(answer.body)))
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def send(self, request: bytes, head_only: bool) -> asyncio.Future[Response]:
+    def send(self, request: bytes, head_only: bool) -> asyncio.Future[UpstreamAnswer]:
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        self._head_only = head_only
+        self._waiter = asyncio.get_running_loop().create_future()
         self.reusable = False
-        self._reset_response()
+        self.answer.reset(head_only)
         self.transport.write(request)
         return self._waiter
+
+    @property
+    def received(self) -> int:
+        return self.answer.received
 
     def close(self) -> None:
         self.closed = True
@@ -118,152 +302,24 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- parser -----------------------------------------------------------------------------------
-
-    def _reset_response(self) -> None:
-        self._status = 0
-        self._content_type = ""
-        self._length = None
-        self._chunked = False
-        self._keep_alive = False
-        self._in_body = False
-        self._body = bytearray()
-        self._chunk_left = -1
-        self._until_close = False
-
-    def _parse(self) -> None:
-        while not self._in_body:
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > MAX_HEAD:
-                    raise _Framing(f"response head over {MAX_HEAD} bytes")
-                return
-            head = bytes(self._buf[:end])
-            del self._buf[: end + 4]
-            if self._parse_head(head):
-                self._in_body = True  # a final response; 1xx heads loop to the next head
-        self._read_body()
-
-    def _parse_head(self, head: bytes) -> bool:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or len(parts[1]) != 3 or not parts[1].isdigit():
-            raise _Framing("bad status line")
-        status = int(parts[1])
-        if status < 100:
-            raise _Framing("bad status code")
-        keep_alive = parts[0] == b"HTTP/1.1"
-        length: int | None = None
-        chunked = False
-        content_type = ""
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip() or b" " in name or b"\t" in name:
-                raise _Framing("bad header line")  # also rejects obs-fold continuation lines
-            key = name.lower()
-            value = value.strip()
-            if key == b"content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    raise _Framing("bad or conflicting Content-Length")
-                length = int(value)
-            elif key == b"transfer-encoding":
-                codings = [c.strip().lower() for c in value.split(b",")]
-                if codings[-1] != b"chunked" or len(codings) != 1:
-                    raise _Framing("unsupported Transfer-Encoding")
-                chunked = True
-            elif key == b"content-type":
-                content_type = value.decode("latin-1")
-            elif key == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
-        if 100 <= status < 200:
-            return False  # interim response: the final one follows
-        if chunked and length is not None:
-            raise _Framing("both Content-Length and Transfer-Encoding")  # a smuggling shape
-        if length is not None and length > self.max_body:
-            raise _Framing(f"partner response of {length} bytes is over the {self.max_body} byte limit")
-        self._status, self._content_type, self._keep_alive = status, content_type, keep_alive
-        if self._head_only or status in _NO_BODY_STATUSES:
-            self._length, self._chunked = 0, False
-        else:
-            self._length, self._chunked = length, chunked
-            self._until_close = length is None and not chunked
-            if self._until_close:
-                self._keep_alive = False
-        return True
-
-    def _read_body(self) -> None:
-        if self._chunked:
-            self._read_chunks()
-            return
-        if self._until_close:
-            self._body += self._buf
-            self._buf.clear()
-            if len(self._body) > self.max_body:
-                raise _Framing(f"partner response is over the {self.max_body} byte limit")
-            return  # completed by connection_lost
-        assert self._length is not None
-        if len(self._buf) < self._length:
-            return
-        body = bytes(self._buf[: self._length])
-        extra = len(self._buf) > self._length
-        self._finish(body, reusable=self._keep_alive and not extra)
-
-    def _read_chunks(self) -> None:
-        buf = self._buf
-        while True:
-            if self._chunk_left == -1:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > 1024:
-                        raise _Framing("chunk size line too long")
-                    return
-                size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
-                if not size_text or any(c not in b"0123456789abcdefABCDEF" for c in size_text) or len(size_text) > 16:
-                    raise _Framing("bad chunk size")
-                del buf[: end + 2]
-                size = int(size_text, 16)
-                if size == 0:
-                    self._chunk_left = -2  # trailers follow
-                else:
-                    if len(self._body) + size > self.max_body:
-                        raise _Framing(f"partner response is over the {self.max_body} byte limit")
-                    self._chunk_left = size
-            if self._chunk_left == -2:
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise _Framing("trailers too long")
-                    return
-                line = bytes(buf[:end])
-                del buf[: end + 2]
-                if line:
-                    continue  # a trailer field: ignored
-                self._finish(bytes(self._body), reusable=self._keep_alive and not buf)
-                return
-            if len(buf) < self._chunk_left + 2:
-                return
-            if buf[self._chunk_left : self._chunk_left + 2] != b"\r\n":
-                raise _Framing("chunk not followed by CRLF")
-            self._body += buf[: self._chunk_left]
-            del buf[: self._chunk_left + 2]
-            self._chunk_left = -1
-
-    def _finish(self, body: bytes, *, reusable: bool) -> None:
-        self.reusable = reusable
-        self._buf.clear()
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(Response(self._status, self._content_type, body))
-
 
 class Http11Pool:
-    """Keep-alive connections to one origin. The cluster's in-flight cap bounds how many exist."""
+    """The ``http11`` transport: keep-alive connections to one origin.
 
-    def __init__(self, base_url: str, *, connect_timeout: float, max_body: int, max_idle: int) -> None:
+    How many exist at once is bounded above it (``Cluster.limits``: ``max_connections``); the pool
+    keeps at most ``max_idle`` of them idle.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        max_body: int,
+        max_idle: int,
+        idle_timeout: float = 30.0,
+        max_connection_duration: float = 0.0,
+    ) -> None:
         url = URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"not an http(s) URL: {base_url}")
@@ -278,64 +334,92 @@ class Http11Pool:
         self.connect_timeout = connect_timeout
         self.max_body = max_body
         self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.max_age = max_connection_duration  # 0: no limit
         self._idle: deque[_Connection] = deque()
         self._closed = False
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self.max_body), self.host, self.port,
-                    ssl=self.ssl, server_hostname=self.host if self.ssl else None,
-                )
-        except TimeoutError as exc:
-            raise UpstreamUnreachable(f"connect timed out after {self.connect_timeout}s") from exc
-        except ssl.SSLError as exc:
-            raise UpstreamProtocolError(f"TLS handshake failed: {exc.__class__.__name__}") from exc
-        except OSError as exc:
-            raise UpstreamUnreachable(f"connect failed: {exc.__class__.__name__}") from exc
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await loop.create_connection(
+                lambda: _Connection(self.max_body), self.host, self.port,
+                ssl=self.ssl, server_hostname=self.host if self.ssl else None,
+            )
         return conn
+
+    def _usable(self, conn: _Connection, now: float) -> bool:
+        return not (
+            conn.closed
+            or (conn.transport is not None and conn.transport.is_closing())
+            or now - conn.idle_since > self.idle_timeout
+            or (self.max_age and now - conn.created > self.max_age)
+        )
 
     def _take_idle(self) -> _Connection | None:
         idle = self._idle
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle and not self._usable(idle[0], now):
+            idle.popleft().close()  # the oldest first: idle too long, too old, or closed by the partner
         while idle:
             conn = idle.pop()  # most recently used first: the likeliest to be alive
-            if not conn.closed:
+            if self._usable(conn, now):
                 return conn
+            conn.close()
         return None
 
-    def request_bytes(self, method: str, path_qs: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
-        lines = [f"{method} {path_qs} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
+    def request_bytes(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in headers]
-        if body or method in ("POST", "PUT", "PATCH"):
+        if body or method in BODY_METHODS:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode("utf-8", "replace")
         return head + body if body else head
 
-    async def request(self, request: bytes, *, head_only: bool, timeout: float) -> Response:
-        """Send one request and read its response within ``timeout`` seconds (connect included)."""
+    async def send(self, request: UpstreamRequest, *, timeout: float) -> UpstreamAnswer:
+        """Send one request and read its answer within ``timeout`` seconds (connect included)."""
+        data = self.request_bytes(request.method, request.target, request.headers, request.body)
         conn: _Connection | None = None
+        phase = Phase.NOT_SENT
         try:
             async with asyncio.timeout(timeout):
                 conn = self._take_idle() or await self._connect()
-                response = await conn.send(request, head_only)
-        except TimeoutError as exc:
+                waiter = conn.send(data, request.method == "HEAD")
+                phase = Phase.SENT
+                answer = await waiter
+        except Exception as exc:
             if conn is not None:
                 conn.abort()  # its state is unknown: never reuse it
-            raise UpstreamTimeout(f"no complete answer within {timeout}s") from exc
-        except BaseException:
+                if phase is Phase.SENT and conn.received:
+                    phase = Phase.ANSWERING
+            event = map_exception(EXCEPTIONS, exc)
+            if event is None:
+                raise
+            raise wire_error(phase, event, request.method, _detail(exc, phase, timeout)) from exc
+        except BaseException:  # cancelled: the app went away
             if conn is not None:
                 conn.abort()
             raise
-        if conn.reusable and not conn.closed and not self._closed and len(self._idle) < self.max_idle:
+        now = time.monotonic()
+        if conn.reusable and not conn.closed and not self._closed and len(self._idle) < self.max_idle and not (self.max_age and now - conn.created > self.max_age):
+            conn.idle_since = now
             self._idle.append(conn)
         else:
             conn.close()
-        return response
+        return answer
 
     async def close(self) -> None:
         self._closed = True
         while self._idle:
             self._idle.pop().close()
+
+
+def _detail(exc: BaseException, phase: Phase, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connect timed out" if phase is Phase.NOT_SENT else f"no complete answer within {timeout}s"
+    if isinstance(exc, (Violation, Closed)):
+        return str(exc)
+    return f"{exc.__class__.__name__}: {exc}"
