@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.commlog import CommunicationLog
 from proxy.config import LoadedConfig
-from proxy.downstream import CatchAllResource, expect_handler
+from proxy.downstream import AiohttpListener, CatchAllResource
 from proxy.listener import Listener
 from proxy.metrics import Metrics
 from proxy.notify import Notifier
@@ -36,10 +36,11 @@ def build_state(loaded: LoadedConfig, *, registry: CollectorRegistry | None = No
 def build_data_app(state: ProxyState) -> web.Application:
     # client_max_size bounds downstream bodies; the GET route carries none.
     listener = Listener(state.current)
+    adapter = AiohttpListener(listener)
     app = web.Application(
         client_max_size=1024 * 1024,
         handler_args={"max_field_size": 8190, "max_line_size": 8190},
-        middlewares=[listener.router_errors],
+        middlewares=[adapter.router_errors],
     )
     app[STATE] = state
     app[LISTENER] = listener
@@ -52,13 +53,12 @@ def build_data_app(state: ProxyState) -> web.Application:
             await state.close()
 
     app.cleanup_ctx.append(resources)
-    expect = expect_handler(listener.local_reply)
     # Every request goes to the listener, which routes on the current (reloadable) config. The
     # configured paths get plain resources only because aiohttp finds those with one dict lookup;
     # the catch-all takes everything else, including targets like "*" and "host:port".
     for path in dict.fromkeys(r.path for r in state.initial.proxy.routes):
-        app.router.add_route("*", path, listener.handle, expect_handler=expect)
+        app.router.add_route("*", path, adapter.handle, expect_handler=adapter.expect)
     catch_all = CatchAllResource()
     app.router.register_resource(catch_all)
-    catch_all.add_route("*", listener.handle, expect_handler=expect)
+    catch_all.add_route("*", adapter.handle, expect_handler=adapter.expect)
     return app

@@ -1,17 +1,18 @@
-"""Adapting aiohttp's server to a proxy: the request as the chain sees it (``Downstream``), a
-resource that matches every request target, and the ``Expect`` handling a proxy needs
+"""The aiohttp adapter of the data listener: requests become ``Downstream``, ``Reply`` becomes a
+response; a resource that matches every request target; and the ``Expect`` handling a proxy needs
 (100-continue as aiohttp does it; anything else is a 417)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDictProxy
 
-from proxy.errors import ExpectationFailed, PayloadTooLarge, ProxyError
-
-LocalReply = Callable[[web.Request, ProxyError], web.StreamResponse]
+from proxy.errors import ExpectationFailed, PayloadTooLarge, ProxyError, RouteNotFound
+from proxy.listener import Listener
+from proxy.reply import Reply
+from proxy.types import Handler
 
 
 class AiohttpDownstream:
@@ -61,12 +62,34 @@ class CatchAllResource(web.PlainResource):
         return True
 
 
-def expect_handler(local_reply: LocalReply) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
-    async def expect(request: web.Request) -> web.StreamResponse | None:
+def response(reply: Reply) -> web.Response:
+    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+
+class AiohttpListener:
+    """The data listener on aiohttp's server: every request goes to ``Listener.dispatch``."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return response(await self.listener.dispatch(AiohttpDownstream(request)))
+
+    def local(self, request: web.Request, error: ProxyError) -> web.Response:
+        return response(self.listener.local_reply(AiohttpDownstream(request), error))
+
+    @web.middleware
+    async def router_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A target no resource can match (``CONNECT host:port`` has no path at all) still gets the
+        envelope and a request id instead of aiohttp's text/plain 404."""
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return self.local(request, RouteNotFound())
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version == HttpVersion11:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
             return None
-        return local_reply(request, ExpectationFailed())
-
-    return expect
+        return self.local(request, ExpectationFailed())

@@ -1,8 +1,10 @@
-"""The data listener's handler: match a route, run its chain, render the answer or the error.
+"""The data listener's core, whatever server parsed the request: match a route, run its chain,
+render the answer or the error as a ``Reply``, and let the runtime's observers see it.
 
 Everything that depends on config is read from the current ``Runtime``, taken once per request: a
 reload that swaps the runtime mid-request does not change the request's config. What is logged and
-counted is the runtime's observers' business; what headers cross is ``proxy.headers``'.
+counted is the observers' business; what headers cross is ``proxy.headers``'. The aiohttp adapter
+(``proxy.downstream``) turns requests into ``Downstream`` and replies into responses.
 """
 
 from __future__ import annotations
@@ -12,17 +14,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.downstream import AiohttpDownstream
 from proxy.errors import ProxyError, RouteNotFound, TokenUnavailable
-from proxy.exchange import Exchange, UpstreamResponse
+from proxy.exchange import Downstream, Exchange, UpstreamResponse
 from proxy.headers import downstream_headers, upstream_headers
-from proxy.reply import error_response
+from proxy.reply import Reply, error_reply
 from proxy.runtime import Runtime
 from proxy.tracing import child_traceparent, request_id_from
-from proxy.types import Handler
 
 log = logging.getLogger("proxy.listener")
 
@@ -42,44 +41,34 @@ class Listener:
             return False
         return True
 
-    def local_reply(self, request: web.Request, error: ProxyError) -> web.Response:
+    def local_reply(self, downstream: Downstream, error: ProxyError) -> Reply:
         """An error before any route matched (no route, a bad Expect): the envelope and a request id."""
         started = time.perf_counter()
         runtime = self._runtime()
-        headers = request.headers
+        headers = downstream.headers
         ex = Exchange(
-            downstream=AiohttpDownstream(request),
-            method=request.method,
+            downstream=downstream,
+            method=downstream.method,
             request_id=request_id_from(headers.get("X-Request-Id")),
             language=runtime.local_language(headers.get("Accept-Language")),
             traceparent="",
             started=started,
             upstream_headers=CIMultiDict(),
         )
-        response = error_response(error, ex.language, ex.request_id)
+        reply = error_reply(error, ex.language, ex.request_id)
         for observer in runtime.observers:
-            observer.on_finish(ex, None, response.status, None)
-        return response
+            observer.on_finish(ex, None, reply.status, None)
+        return reply
 
-    @web.middleware
-    async def router_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """A target no resource can match (``CONNECT host:port`` has no path at all) still gets the
-        envelope and a request id instead of aiohttp's text/plain 404."""
-        try:
-            return await handler(request)
-        except web.HTTPNotFound:
-            return self.local_reply(request, RouteNotFound())
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(self, downstream: Downstream) -> Reply:
         started = time.perf_counter()
         runtime = self._runtime()
-        route = runtime.routes.match(request.path)
+        route = runtime.routes.match(downstream.path)
         if route is None:
-            return self.local_reply(request, RouteNotFound())
-        headers = request.headers
+            return self.local_reply(downstream, RouteNotFound())
+        headers = downstream.headers
         request_id = request_id_from(headers.get("X-Request-Id"))
         traceparent = child_traceparent(headers.get("traceparent"))
-        downstream = AiohttpDownstream(request)
         ex = Exchange(
             downstream=downstream,
             method=downstream.method,
@@ -100,31 +89,29 @@ class Listener:
         try:
             upstream = await route.chain(ex)
         except ProxyError as exc:
-            response = self._error(ex, exc)
+            reply = self._error(ex, exc)
         except Exception:  # a bug must still answer in the envelope, never a traceback
             log.exception("unhandled error on route %s (request %s)", route.name, request_id)
-            response = self._error(ex, ProxyError("unhandled"))
+            reply = self._error(ex, ProxyError("unhandled"))
         else:
-            response = self._answer(ex, upstream)
+            reply = self._answer(ex, upstream)
         finally:
             self.inflight -= 1
             if not self.inflight:
                 self._idle.set()
         for observer in runtime.observers:
-            observer.on_finish(ex, route, response.status, upstream)
-        return response
+            observer.on_finish(ex, route, reply.status, upstream)
+        return reply
 
-    def _answer(self, ex: Exchange, upstream: UpstreamResponse) -> web.Response:
+    def _answer(self, ex: Exchange, upstream: UpstreamResponse) -> Reply:
         verdict = upstream.verdict
         if verdict is not None and verdict.error is not None:
             return self._error(ex, verdict.error)
-        return web.Response(status=upstream.status, body=upstream.body, headers=downstream_headers(ex.request_id, upstream.content_type, upstream.headers))
+        return Reply(upstream.status, downstream_headers(ex.request_id, upstream.content_type, upstream.headers), upstream.body)
 
-    def _error(self, ex: Exchange, error: ProxyError) -> web.Response:
+    def _error(self, ex: Exchange, error: ProxyError) -> Reply:
         if ex.error_type is None:
             ex.error_type = error.type
         if isinstance(error, TokenUnavailable):
             ex.token_source = ex.token_source or "none"
-        return error_response(error, ex.language, ex.request_id)
-
-
+        return error_reply(error, ex.language, ex.request_id)

@@ -1,16 +1,28 @@
-"""The one place that renders errors: every error, the partner's or our own, gets the same envelope."""
+"""The one place that renders errors, and the answer type every listener writes out.
+
+Every error, the partner's or our own, gets the same envelope. A ``Reply`` is status, headers and
+body, independent of the server that sends it (aiohttp today; any server adapter tomorrow).
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 
-from aiohttp import web
+import orjson
+from multidict import CIMultiDict
 
 from proxy.errors import ProxyError
 
 
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+
 def envelope(error: ProxyError, language: str, request_id: str) -> bytes:
-    return json.dumps(
+    return orjson.dumps(
         {
             "error": {
                 "type": error.type,
@@ -19,16 +31,12 @@ def envelope(error: ProxyError, language: str, request_id: str) -> bytes:
                 "partner_code": error.partner_code,
                 "request_id": request_id,
             }
-        },
-        ensure_ascii=False,
-    ).encode()
-
-
-def error_response(error: ProxyError, language: str, request_id: str) -> web.Response:
-    headers = {"X-Request-Id": request_id, **error.headers}
-    return web.Response(
-        status=error.status,
-        body=envelope(error, language, request_id),
-        content_type="application/json",
-        headers=headers,
+        }
     )
+
+
+def error_reply(error: ProxyError, language: str, request_id: str) -> Reply:
+    headers = CIMultiDict(error.headers)
+    headers["X-Request-Id"] = request_id
+    headers["Content-Type"] = "application/json"
+    return Reply(error.status, headers, envelope(error, language, request_id))

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -18,6 +17,7 @@ from proxy.upstream.breaker import BreakerGuard
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.forwarder import Forwarder
 from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, wire_error
+from tests.factories import texchange
 
 Step = Callable[[UpstreamRequest], UpstreamAnswer]
 
@@ -59,8 +59,9 @@ def forwarder(transport: FakeTransport, *, attempts: int = 3, fail_max: int = 5,
 
 
 def exchange(method: str = "GET") -> Exchange:
-    request = make_mocked_request(method, "/v1/x")
-    return Exchange(request, None, "rid", "en", "tp", 0.0, CIMultiDict({"Authorization": "Bearer t"}))  # type: ignore[arg-type]
+    ex = texchange(method, "/v1/x", headers={})
+    ex.upstream_headers = CIMultiDict({"Authorization": "Bearer t"})
+    return ex
 
 
 async def test_an_idempotent_failure_is_retried_and_the_request_is_built_once() -> None:
