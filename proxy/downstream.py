@@ -23,7 +23,11 @@ class AiohttpDownstream:
     def __init__(self, request: web.Request) -> None:
         self._request = request
         self.method = request.method
-        self.path = request.path
+        # The target as sent, undecoded and without dot-segment removal: %2F, %00 and ".." must stay
+        # visible to routing (which refuses them in a parameter). Absolute-form and other targets
+        # go through yarl's parse.
+        raw = request.raw_path
+        self.path = raw.partition("?")[0] if raw.startswith("/") else request.rel_url.raw_path
         self.headers: CIMultiDictProxy[str] = request.headers
         self.has_body = request.body_exists
         self._body: bytes | None = None

@@ -8,6 +8,8 @@
     │   ├── MethodNotAllowed        405 + Allow
     │   ├── UnsupportedMediaType    415
     │   ├── MissingHeader           400
+    │   ├── InvalidPathParameter    400 BadRequest: a path template's {name} is not one clean segment
+    │   ├── InvalidBody             400 the body is not JSON or misses what the route's schema requires
     │   ├── PayloadTooLarge         413
     │   └── ExpectationFailed       417
     ├── LocalError                  the sidecar cannot serve it (origin "local")
@@ -18,7 +20,8 @@
     │   ├── UpstreamTimeout         504  written, no complete answer within ``timeout`` (idempotent methods)
     │   ├── UpstreamUnreachable     502  nothing written; or written and not one byte back (idempotent)
     │   ├── UpstreamProtocolError   502  part of an answer then the end, or an answer that breaks HTTP/1.1
-    │   └── OutcomeUnknown          504  a non-idempotent request (POST) was written and then any of the above
+    │   ├── OutcomeUnknown          504  a non-idempotent request (POST) was written and then any of the above
+    │   └── SignatureInvalid        502  a 200 whose Signature is missing or does not verify
     └── PartnerError                the partner answered an error that errors.yaml mapped
 
 aiohttp / asyncio / socket / parser exceptions become these types only at the boundaries that talk
@@ -45,6 +48,18 @@ LOCAL_MESSAGES: dict[str, dict[str, str]] = {
     "UNSUPPORTED_MEDIA_TYPE": {
         "en": "Content-Type must be application/json.",
         "id": "Content-Type harus application/json.",
+    },
+    "INVALID_PATH_PARAMETER": {
+        "en": "A path parameter is not valid: use 1 to 128 of the characters A-Z a-z 0-9 . _ ~ -.",
+        "id": "Parameter path tidak valid: gunakan 1 sampai 128 karakter A-Z a-z 0-9 . _ ~ -.",
+    },
+    "INVALID_BODY": {
+        "en": "The request body is not valid",
+        "id": "Isi permintaan tidak valid",
+    },
+    "PARTNER_SIGNATURE_INVALID": {
+        "en": "The partner's answer failed signature verification; it was not passed on.",
+        "id": "Jawaban mitra gagal verifikasi tanda tangan; tidak diteruskan.",
     },
     "EXPECTATION_FAILED": {
         "en": "The Expect header is not supported.",
@@ -152,6 +167,23 @@ class MissingHeader(DownstreamError):
         return f"{super().message(language)} ({self.header})"
 
 
+class InvalidPathParameter(DownstreamError):
+    status, type, code = 400, "BadRequest", "INVALID_PATH_PARAMETER"
+
+
+class InvalidBody(DownstreamError):
+    """The message names the failing field (from the route's schema), never echoes a value."""
+
+    status, type, code = 400, "InvalidBody", "INVALID_BODY"
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+    def message(self, language: str) -> str:
+        return f"{super().message(language)}: {self.problem}"
+
+
 class ExpectationFailed(DownstreamError):
     status, type, code = 417, "ExpectationFailed", "EXPECTATION_FAILED"
 
@@ -229,6 +261,16 @@ class OutcomeUnknown(UpstreamError):
     def __init__(self, detail: str = "", *, kind: str = "timeout") -> None:
         super().__init__(detail)
         self.kind = kind  # type: ignore[misc]  # per instance: the wire event behind it
+
+
+class SignatureInvalid(UpstreamError):
+    status, type, code = 502, "SignatureInvalid", "PARTNER_SIGNATURE_INVALID"
+    kind = "signature"
+    retryable = False  # raised on a complete answer, after the attempt: nothing to re-send
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"partner signature {reason}")
+        self.reason = reason  # "missing" | "invalid": the metric's label
 
 
 class PartnerError(ProxyError):

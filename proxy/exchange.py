@@ -84,6 +84,7 @@ class Exchange:
     started: float
     upstream_headers: CIMultiDict[str]    # what the partner gets; filters add to it (Authorization)
     upstream_query: dict[str, str] | None = None
+    path_params: dict[str, str] | None = None  # a template route's {name} values, already checked
     body: bytes | None = None             # downstream body once read (a filter or the forwarder reads it)
     token_source: str | None = None       # memory | redis | fetch | none
     attempts: int = 0

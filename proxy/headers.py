@@ -6,7 +6,9 @@ e.g. the credential filter's ``Authorization``).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
+from email.utils import formatdate
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -36,8 +38,32 @@ DROP_HEADERS = frozenset(
 )
 
 
-def upstream_headers(headers: CIMultiDictProxy[str], request_id: str, traceparent: str) -> CIMultiDict[str]:
-    """The app's headers minus everything a proxy must not forward, plus our tracing headers."""
+class HttpDate:
+    """RFC 1123 ``Date`` values (``Tue, 01 Dec 2026 09:00:00 GMT``), formatted once per second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def __call__(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._value = now, formatdate(now, usegmt=True)
+        return self._value
+
+
+def upstream_headers(
+    headers: CIMultiDictProxy[str],
+    request_id: str,
+    traceparent: str,
+    set_headers: tuple[tuple[str, str], ...] = (),
+    date: str | None = None,
+) -> CIMultiDict[str]:
+    """The app's headers minus everything a proxy must not forward, the route's own headers
+    (``upstream.headers``, replacing the app's), a fresh ``Date`` when the route asks, and our
+    tracing headers."""
     upstream = CIMultiDict[str]()
     drop = DROP_HEADERS
     connection = headers.get("Connection")
@@ -50,6 +76,10 @@ def upstream_headers(headers: CIMultiDictProxy[str], request_id: str, traceparen
                 # client cannot encode; forward them as replacement characters instead of a 500.
                 value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             upstream.add(name, value)
+    for name, value in set_headers:
+        upstream[name] = value
+    if date is not None:
+        upstream["Date"] = date
     upstream["Accept-Encoding"] = "identity"  # success bodies pass through untouched, never re-encoded
     upstream["X-Request-Id"] = request_id
     upstream["traceparent"] = traceparent

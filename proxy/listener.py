@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from multidict import CIMultiDict
 
-from proxy.errors import ProxyError, RouteNotFound, TokenUnavailable
+from proxy.errors import InvalidPathParameter, ProxyError, RouteNotFound, TokenUnavailable
 from proxy.exchange import Downstream, Exchange, UpstreamResponse
-from proxy.headers import downstream_headers, upstream_headers
+from proxy.headers import HttpDate, downstream_headers, upstream_headers
 from proxy.reply import Reply, error_reply
 from proxy.runtime import Runtime
 from proxy.tracing import child_traceparent, request_id_from
@@ -29,6 +29,7 @@ log = logging.getLogger("proxy.listener")
 class Listener:
     def __init__(self, runtime: Callable[[], Runtime]) -> None:
         self._runtime = runtime
+        self._date = HttpDate()
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -63,9 +64,13 @@ class Listener:
     async def dispatch(self, downstream: Downstream) -> Reply:
         started = time.perf_counter()
         runtime = self._runtime()
-        route = runtime.routes.match(downstream.path)
-        if route is None:
+        try:
+            matched = runtime.routes.match(downstream.path)
+        except InvalidPathParameter as exc:  # checked before anything else happens
+            return self.local_reply(downstream, exc)
+        if matched is None:
             return self.local_reply(downstream, RouteNotFound())
+        route, params = matched
         headers = downstream.headers
         request_id = request_id_from(headers.get("X-Request-Id"))
         traceparent = child_traceparent(headers.get("traceparent"))
@@ -76,7 +81,10 @@ class Listener:
             language=route.language(headers.get("Accept-Language")),
             traceparent=traceparent,
             started=started,
-            upstream_headers=upstream_headers(headers, request_id, traceparent),
+            upstream_headers=upstream_headers(
+                headers, request_id, traceparent, route.set_headers, self._date() if route.date else None
+            ),
+            path_params=params,
         )
         if route.query:
             query = downstream.query

@@ -102,6 +102,9 @@ class Metrics:
             "Requests refused with 503 ClusterOverflow, by threshold (max_requests, max_pending_requests, pending_timeout)",
             ["cluster", "threshold"], registry=r,
         )
+        self.signature_failures = Counter(
+            p + "signature_failures", "Partner 200 answers whose signature was missing or did not verify", ["route", "reason"], registry=r
+        )
         self.config_reloads = Counter(p + "config_reloads", "Config reloads by result", ["result"], registry=r)
         self.notifications = Counter(p + "notifications", "Notifications by sink and result", ["sink", "result"], registry=r)
         self.spans_dropped = Counter(

@@ -50,13 +50,14 @@ _NR_EVENT_TYPE = "PartnerProxyNotification"
 KIND_BREAKER_OPEN = "breaker_open"
 KIND_TOKEN_FAILING = "token_fetch_failing"
 KIND_PARTNER_ERROR = "partner_error"
+KIND_SIGNATURE_INVALID = "signature_invalid"
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """One thing worth telling a human about. Every field except ``request_id`` comes from config."""
 
-    kind: str              # "breaker_open" | "token_fetch_failing" | "partner_error"
+    kind: str              # "breaker_open" | "token_fetch_failing" | "partner_error" | "signature_invalid"
     cluster: str           # cluster or provider name (from config, never request input)
     type: str              # error type, e.g. "CircuitBreakerError", "AuthenticationFailure", "ProductClosedException"
     title: str             # short human text

@@ -19,6 +19,7 @@ from proxy.classify import Classifier
 from proxy.commlog import LogPolicy
 from proxy.config import LoadedConfig
 from proxy.config.models import NotificationsConfig
+from proxy.config.templates import parse_template
 from proxy.filters import FilterContext, build_filters
 from proxy.oauth import TokenProvider
 from proxy.resources import Resources, Staged
@@ -66,7 +67,16 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
             metrics=resources.metrics,
             notify=resources.hooks.partner_error,
         )
-        url = URL(cluster.config.base_url + r.upstream.path, encoded=False)
+        template = parse_template(r.upstream.path)
+        if template.is_exact:
+            url, path_template = URL(cluster.config.base_url + r.upstream.path, encoded=False), None
+        else:
+            url = URL(cluster.config.base_url, encoded=False)
+            path_template = url.raw_path.rstrip("/") + r.upstream.path
+        pass_back = {h.lower() for h in r.upstream.pass_back}
+        if r.verify is not None:
+            pass_back.add(r.verify.header.lower())  # the verifier reads it; a valid one passes through
+        forwarder = Forwarder(cluster, url, frozenset(pass_back), path_template)
         routes.append(
             CompiledRoute(
                 name=r.name,
@@ -74,8 +84,10 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
                 cluster=cluster.name,
                 upstream_path=r.upstream.path,
                 query=r.upstream.query,
-                chain=build_chain(build_filters(r.filters, ctx), Forwarder(cluster, url)),
+                chain=build_chain(build_filters(r.filters, ctx), forwarder),
                 language=LanguagePicker(frozenset(table.languages()), table.default_language),
+                set_headers=r.upstream.headers,
+                date=r.upstream.date,
             )
         )
     first = next(iter(loaded.errors.values()))

@@ -244,3 +244,15 @@ def generate_key_pair(directory: str | os.PathLike[str], name: str = "key", bits
         out.write(pem)
     public.write_bytes(public_key_pem(key))
     return KeyPairFiles(private, public)
+
+
+def key_problem(pem: str, *, private: bool) -> tuple[str | None, str]:
+    """For ``check``: (what is wrong and how to fix it, or None; a one-line summary of the key).
+
+    Never includes key material: only the kind and size of the key."""
+    try:
+        key = load_private_key(pem) if private else load_public_key(pem)
+    except ValueError as exc:
+        want = "an RSA private key (PEM, PKCS#1 or PKCS#8, unencrypted)" if private else "an RSA public key (PEM)"
+        return f"{exc}; it must be {want} of at least {MIN_RSA_BITS} bits", ""
+    return None, f"RSA-{key.key_size} {'private' if private else 'public'} key loads"

@@ -23,12 +23,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
     name: str
-    path: str
+    path: str                         # the match path, a template for routes with {params}
     cluster: str
-    upstream_path: str
+    upstream_path: str                # as configured (the template, never a concrete value)
     query: tuple[str, ...]            # allow-listed query parameters forwarded upstream
     chain: Next
     language: LanguagePicker          # Accept-Language -> one of the route's error-table languages
+    set_headers: tuple[tuple[str, str], ...] = ()  # upstream headers the route sets (Accept: ...)
+    date: bool = False                # a fresh RFC 1123 Date header per upstream request
 
 
 class Filter(Protocol):

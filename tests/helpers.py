@@ -18,6 +18,7 @@ from proxy.app import build_data_app, build_state
 from proxy.config import LoadedConfig, load_config
 from proxy.sandbox import SANDBOX_STATE, SandboxState
 from proxy.state import ProxyState
+from tests.keys import keys_for_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ROOT / "config" / "routes.yaml"
@@ -38,7 +39,10 @@ JSON_HEADERS = {"Content-Type": "application/json", "X-Client-Id": "app-1"}
 
 
 def sandbox_env(sandbox_url: str, redis_url: str = "", **extra: str) -> dict[str, str]:
+    keys = keys_for_tests()
     return {
+        "TOKOPEDIA_PRIVATE_KEY": keys.account_private_pem,  # the sidecar signs checkouts with it
+        "TOKOPEDIA_PUBLIC_KEY": keys.sandbox_public_pem,    # ... and verifies status answers with it
         "TOKOPEDIA_BASE_URL": sandbox_url,
         "TOKOPEDIA_TOKEN_URL": sandbox_url + "/token",
         "TOKOPEDIA_CLIENT_ID": CLIENT_ID,
@@ -103,4 +107,5 @@ async def make_rig(aiohttp_client: Any, sandbox: TestServer, loaded: LoadedConfi
 def sandbox_app(**settings: Any) -> web.Application:
     from proxy.sandbox import SandboxSettings, build_sandbox_app
 
+    settings.setdefault("keys", keys_for_tests().sandbox)  # the pairs sandbox_env gives the sidecar
     return build_sandbox_app(SandboxSettings(CLIENT_ID, CLIENT_SECRET, **settings))

@@ -17,8 +17,14 @@ from proxy.config.durations import parse_duration
 from proxy.config.errors_table import ErrorRule, parse_range
 from proxy.errors import ConfigError
 from tests.helpers import ERRORS, ROOT, ROUTES
+from tests.keys import keys_for_tests
 
-ENV = {"TOKOPEDIA_CLIENT_ID": "id", "TOKOPEDIA_CLIENT_SECRET": "s3cret-value"}
+ENV = {
+    "TOKOPEDIA_CLIENT_ID": "id",
+    "TOKOPEDIA_CLIENT_SECRET": "s3cret-value",
+    "TOKOPEDIA_PRIVATE_KEY": keys_for_tests().account_private_pem,
+    "TOKOPEDIA_PUBLIC_KEY": keys_for_tests().sandbox_public_pem,
+}
 
 
 def copy_with(tmp_path: Path, routes_edit: tuple[str, str] | None = None, errors_edit: tuple[str, str] | None = None) -> tuple[Path, Path]:
@@ -126,10 +132,11 @@ def test_serve_requires_credentials_but_check_does_not(tmp_path: Path) -> None:
 def test_secret_from_file_variant(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-file-secret\n")
-    loaded = load_config(ROUTES, ERRORS, env={"TOKOPEDIA_CLIENT_ID": "id", "TOKOPEDIA_CLIENT_SECRET_FILE": str(secret_file)})
+    keys = {k: v for k, v in ENV.items() if k.endswith("_KEY")}
+    loaded = load_config(ROUTES, ERRORS, env={**keys, "TOKOPEDIA_CLIENT_ID": "id", "TOKOPEDIA_CLIENT_SECRET_FILE": str(secret_file)})
     assert loaded.proxy.credentials["tokopedia"].client_secret.reveal() == "from-file-secret"
     with pytest.raises(ConfigError) as info:
-        load_config(ROUTES, ERRORS, env={"TOKOPEDIA_CLIENT_ID": "id", "TOKOPEDIA_CLIENT_SECRET_FILE": str(tmp_path / "missing")})
+        load_config(ROUTES, ERRORS, env={**keys, "TOKOPEDIA_CLIENT_ID": "id", "TOKOPEDIA_CLIENT_SECRET_FILE": str(tmp_path / "missing")})
     assert any("cannot be read" in p for p in info.value.problems)
 
 

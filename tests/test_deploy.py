@@ -28,6 +28,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.config import load_config
 from proxy.metrics import Metrics
+from tests.keys import keys_for_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -697,6 +698,12 @@ def example_secret(name: str) -> dict[str, Any]:
     return hits[0]
 
 
+KEY_FILES = {
+    "private_key": lambda: keys_for_tests().account_private_pem.strip(),
+    "public_key": lambda: keys_for_tests().sandbox_public_pem.strip(),
+}
+
+
 def _deployment_env_with_secret_files(sidecar: dict[str, Any], tmp_path: Path, pod_spec: dict[str, Any]) -> dict[str, str]:
     """The sidecar's env, with the Secrets' example values written where *_FILE points (under tmp_path)."""
     env = deployment_env(sidecar)
@@ -708,7 +715,10 @@ def _deployment_env_with_secret_files(sidecar: dict[str, Any], tmp_path: Path, p
             secret = example_secret(volume["secret"]["secretName"])
             local = tmp_path / path.relative_to("/")
             local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_text(secret["stringData"][local.name] + "\n", encoding="utf-8")
+            value = secret["stringData"][local.name]
+            if local.name in KEY_FILES:  # the example holds a placeholder, never a key: use a test key
+                value = KEY_FILES[local.name]()
+            local.write_text(value + "\n", encoding="utf-8")
             env[var] = str(local)
     return env
 

@@ -39,6 +39,7 @@ from proxy.oauth.client import REASONS
 from proxy.otel import DROP_REASONS, package_version
 from proxy.upstream.cluster import OVERFLOW_THRESHOLDS
 from proxy.sandbox.catalogue import ERROR_CATALOGUE, is_fault_token, split_product_codes
+from tests.keys import keys_for_tests
 from tests.helpers import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -662,7 +663,7 @@ async def test_metric_label_values_come_only_from_config_and_closed_sets(rig: Ri
         "partner_code": set(ERROR_CATALOGUE) | {"other", "none"},
         "type": {rule.type for t in loaded.errors.values() for rule in (*t.rules, t.default)},
         "op": {"get", "set", "delete", "lock", "unlock"},
-        "reason": {"connect_failure", "timeout", "5xx", *DROP_REASONS},
+        "reason": {"connect_failure", "timeout", "5xx", *DROP_REASONS, "missing", "invalid"},
         "sink": {"slack", "datadog", "newrelic", "queue"},
         "pid": {str(os.getpid())},
         "version": {package_version()},
@@ -687,7 +688,13 @@ async def test_metric_label_values_come_only_from_config_and_closed_sets(rig: Ri
 
 @pytest.mark.timeout(30)
 def test_data_listener_is_loopback_by_default() -> None:
-    secrets = {"TOKOPEDIA_CLIENT_ID": CLIENT_ID, "TOKOPEDIA_CLIENT_SECRET": CLIENT_SECRET}
+    keys = keys_for_tests()
+    secrets = {
+        "TOKOPEDIA_CLIENT_ID": CLIENT_ID,
+        "TOKOPEDIA_CLIENT_SECRET": CLIENT_SECRET,
+        "TOKOPEDIA_PRIVATE_KEY": keys.account_private_pem,
+        "TOKOPEDIA_PUBLIC_KEY": keys.sandbox_public_pem,
+    }
     for env in (secrets, {**secrets, "PROXY_LISTEN": ""}):
         listen = load_config(ROUTES, ERRORS, env=env).proxy.listen
         assert (listen.host, listen.port) == ("127.0.0.1", 8080)

@@ -33,6 +33,13 @@ async def test_request_paths_make_no_blocking_calls(aiohttp_client: Any, sandbox
         for query, status in (("?product_code=error-S03", 503), ("?product_code=error-X42", 502), ("?product_code=error-P08", 403), ("?product_code=status-401", 502)):
             assert (await rig.get(query)).status == status
         assert (await rig.client.get("/v1/products")).status == 415
+        # the money routes: body schema, a signed checkout (signing runs off the loop), a verified status
+        body = b'{"data":{"type":"order","id":"nb-1","attributes":{"product_code":"25k-xl","client_number":"081234567890"}}}'
+        headers = {"Content-Type": "application/json", "X-Client-Id": "app-1"}
+        assert (await rig.client.post("/v1/orders", data=body, headers=headers)).status == 200
+        assert (await rig.client.post("/v1/orders", data=b"{}", headers=headers)).status == 400
+        assert (await rig.client.get("/v1/orders/nb-1", headers=headers)).status == 200
+        assert (await rig.client.get("/v1/balance", headers=headers)).status == 200
         rig.partner.revoke_all()
         assert (await rig.get()).status == 200
         # the breaker opens, then short-circuits

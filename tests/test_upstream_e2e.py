@@ -80,12 +80,6 @@ class RawPartner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-ORDER_ROUTE = """routes:
-  - name: create_order
-    match: {path: /v1/orders, methods: [POST]}
-    require: {content_type: application/json, headers: [X-Client-Id]}
-    upstream: {cluster: tokopedia, path: /v2/order/create}
-"""
 
 
 @pytest.fixture
@@ -104,7 +98,6 @@ async def rig_for(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path, base
     routes = patched_routes(
         tmp_path,
         {
-            "routes:\n": ORDER_ROUTE,
             "    max_connections: 100": f"    max_connections: 100\n    client: {client}{extra}",
             "retry: {attempts: 1,": f"retry: {{attempts: {attempts},",
             "timeout: 10s": f"timeout: {timeout}",
@@ -122,7 +115,8 @@ async def envelope(resp: Any) -> dict[str, Any]:
 
 
 async def post_order(rig: Rig) -> Any:
-    return await rig.client.post("/v1/orders", json={"data": {"id": "order-1"}}, headers={"X-Client-Id": "app-1"})
+    body = {"data": {"type": "order", "id": "order-1", "attributes": {"product_code": "25k-xl", "client_number": "081234567890"}}}
+    return await rig.client.post("/v1/orders", json=body, headers={"X-Client-Id": "app-1"})
 
 
 KINDS = ["http11", "aiohttp"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,10 @@ from proxy.config.models import (
     ClusterConfig,
     DEFAULT_FILTERS,
     FILTER_NAMES,
+    SIGN_SCHEMES,
+    BodyConfig,
+    SignConfig,
+    VerifyConfig,
     CredentialsConfig,
     ListenAddress,
     LogConfig,
@@ -37,14 +42,18 @@ from proxy.config.models import (
     defaults,
 )
 from proxy.config.redis_url import redis_url_problem
+from proxy.config.templates import parse_template
 from proxy.config.source import EnvResolver, LineDict, LineList, YamlError, load_yaml
 from proxy.errors import ConfigError
+from proxy.jsonbody import SchemaProblem, compile_schema
+from proxy.signing import key_problem
 
 T = TypeVar("T")
 
 DEFAULT_ROUTES = Path("config/routes.yaml")
 DEFAULT_ERRORS = Path("config/errors.yaml")
 
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 RETRY_ON = ("connect_failure", "timeout", "5xx")
 BREAKER_FAILURES = ("connect_failure", "timeout", "5xx")
@@ -69,9 +78,14 @@ class _Ctx:
     lines: dict[str, int] = field(default_factory=dict)  # cross-file references, for their line
 
     warnings: list[str] = field(default_factory=list)
+    infos: list[str] = field(default_factory=list)
 
     def error(self, line: int, path: str, message: str) -> None:
         self.problems.append(f"{self.file}:{line}: {path}: {message}" if path else f"{self.file}:{line}: {message}")
+
+    def info(self, line: int, path: str, message: str) -> None:
+        """Worth saying in ``check`` (a key that loads), not a problem."""
+        self.infos.append(f"{self.file}:{line}: {path}: {message}")
 
     def warn(self, line: int, path: str, message: str) -> None:
         """Loads, but should be changed (an old key): ``check`` prints it, ``serve`` logs it."""
@@ -304,8 +318,14 @@ def _route(ctx: _Ctx, i: int, s: _Section) -> RouteConfig | None:
     name = s.string("name", required=True) or f"route{i}"
     m = s.section("match")
     path = m.string("path", required=True)
+    match_params: tuple[str, ...] = ()
     if path and not path.startswith("/"):
         ctx.error(m.line_of("path"), m.key_path("path"), f"{path!r} must start with /")
+    elif path:
+        try:
+            match_params = parse_template(path).names
+        except ValueError as exc:
+            ctx.error(m.line_of("path"), m.key_path("path"), str(exc))
     methods = tuple(x.upper() for x in (m.string_list("methods") or defaults(RouteConfig)["methods"]))
     for meth in methods:
         if meth not in HTTP_METHODS:
@@ -314,18 +334,110 @@ def _route(ctx: _Ctx, i: int, s: _Section) -> RouteConfig | None:
     rq = s.section("require")
     require = RequireConfig(content_type=rq.string("content_type") or None, headers=rq.string_list("headers") or ())
     rq.finish()
-    u = s.section("upstream")
-    upath = u.string("path", required=True)
-    if upath and not upath.startswith("/"):
-        ctx.error(u.line_of("path"), u.key_path("path"), f"{upath!r} must start with /")
-    upstream = UpstreamRef(cluster=u.string("cluster", required=True), path=upath, query=u.string_list("query") or ())
-    u.finish()
+    upstream = _upstream(ctx, s.section("upstream"), match_params)
+    body = _body(ctx, s.section("body")) if s.has("body") else None
+    sign = _keyed(ctx, s.section("sign"), SignConfig, "private_key") if s.has("sign") else None
+    verify = _keyed(ctx, s.section("verify"), VerifyConfig, "public_key") if s.has("verify") else None
     filters = s.string_list("filters", FILTER_NAMES)
     if filters is not None:
         for dup in sorted({f for f in filters if filters.count(f) > 1}):
             ctx.error(s.line_of("filters"), s.key_path("filters"), f"{dup!r} is listed twice; list each filter once")
+        for block, configured in (("body", body), ("sign", sign), ("verify", verify)):
+            if block in filters and configured is None:
+                ctx.error(s.line_of("filters"), s.key_path("filters"), f"lists {block} but the route has no {block}: block; add one or remove {block}")
+            elif configured is not None and block not in filters:
+                ctx.error(s.line_of(block), s.key_path(block), f"is configured but filters does not list {block}; add it to filters")
     s.finish()
-    return RouteConfig(name=name, path=path, methods=methods, require=require, upstream=upstream, filters=filters if filters is not None else DEFAULT_FILTERS)
+    return RouteConfig(
+        name=name, path=path, methods=methods, require=require, upstream=upstream,
+        filters=filters if filters is not None else DEFAULT_FILTERS, body=body, sign=sign, verify=verify,
+    )
+
+
+def _upstream(ctx: _Ctx, u: _Section, match_params: tuple[str, ...]) -> UpstreamRef:
+    d = defaults(UpstreamRef)
+    upath = u.string("path", required=True)
+    if upath and not upath.startswith("/"):
+        ctx.error(u.line_of("path"), u.key_path("path"), f"{upath!r} must start with /")
+    elif upath:
+        try:
+            for name in parse_template(upath).names:
+                if name not in match_params:
+                    have = ", ".join("{" + p + "}" for p in match_params) or "none"
+                    ctx.error(u.line_of("path"), u.key_path("path"), f"names {{{name}}}, which match.path does not have (it has: {have}); use one of those")
+        except ValueError as exc:
+            ctx.error(u.line_of("path"), u.key_path("path"), str(exc))
+    hs = u.section("headers")
+    headers = []
+    for hname in hs.data:
+        value = hs.string(hname)
+        if not HEADER_NAME_RE.match(hname) or any(c in value for c in "\r\n\x00"):
+            ctx.error(hs.line_of(hname), hs.key_path(hname), "is not a valid header name and value; write e.g. Accept: application/json")
+        headers.append((hname, value))
+    pass_back = u.string_list("pass_back") or d["pass_back"]
+    for hname in pass_back:
+        if not HEADER_NAME_RE.match(hname):
+            ctx.error(u.line_of("pass_back"), u.key_path("pass_back"), f"{hname!r} is not a header name")
+    ref = UpstreamRef(
+        cluster=u.string("cluster", required=True),
+        path=upath,
+        query=u.string_list("query") or d["query"],
+        headers=tuple(headers),
+        date=u.boolean("date", d["date"]),
+        pass_back=pass_back,
+    )
+    u.finish()
+    return ref
+
+
+def _plain(value: Any) -> Any:
+    """YAML's line-tracking containers as plain dicts and lists (a JSON Schema is data, not config)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _body(ctx: _Ctx, b: _Section) -> BodyConfig:
+    d = defaults(BodyConfig)
+    schema = b.data.get("schema")
+    b.used.add("schema")
+    plain = None
+    if schema is not None:
+        if not isinstance(schema, dict):
+            ctx.error(b.line_of("schema"), b.key_path("schema"), "must be a JSON Schema object, e.g. {type: object, required: [data]}")
+        else:
+            plain = _plain(schema)
+            try:
+                compile_schema(plain)
+            except SchemaProblem as exc:
+                ctx.error(b.line_of("schema"), b.key_path("schema"), f"is not a valid JSON Schema: {exc}")
+    cfg = BodyConfig(max_bytes=b.integer("max_bytes", d["max_bytes"], minimum=1), schema=plain)
+    b.finish()
+    return cfg
+
+
+K = TypeVar("K", SignConfig, VerifyConfig)
+
+
+def _keyed(ctx: _Ctx, k: _Section, cls: type[K], key_field: str) -> K:
+    d = defaults(cls)
+    pem = k.string(key_field, required=True)
+    scheme = k.string("scheme", d["scheme"]) or d["scheme"]
+    if scheme not in SIGN_SCHEMES:
+        ctx.error(k.line_of("scheme"), k.key_path("scheme"), f"{scheme!r} is not one of {', '.join(SIGN_SCHEMES)}")
+    header = k.string("header", d["header"]) or d["header"]
+    if not HEADER_NAME_RE.match(header):
+        ctx.error(k.line_of("header"), k.key_path("header"), f"{header!r} is not a header name")
+    if pem:
+        problem, summary = key_problem(pem, private=key_field == "private_key")
+        if problem:
+            ctx.error(k.line_of(key_field), k.key_path(key_field), problem)
+        else:
+            ctx.info(k.line_of(key_field), k.key_path(key_field), summary)
+    k.finish()
+    return cls(Secret(pem), scheme=scheme, header=header)  # type: ignore[call-arg]
 
 
 def _sink(s: _Section, url_key: str, *, keyed: bool = True) -> SinkConfig:
@@ -568,7 +680,7 @@ def load_config(
                 problems.append(f"{routes_path}:{line}: clusters.{cname}.errors: no table {cluster.errors!r} in {errors_path}; add it there or use one of: {', '.join(tables)}")
     for where, message in resolver.file_errors:
         problems.append(f"{where}: {message}")
-    notes: list[str] = [f"warning: {w}" for w in rctx.warnings + ectx.warnings]
+    notes: list[str] = [f"warning: {w}" for w in rctx.warnings + ectx.warnings] + rctx.infos
     for var, where in resolver.missing:
         text = f"{where}: environment variable {var} is not set (nor {var}_FILE); set it, or write ${{{var}:-default}}"
         (problems if strict_env else notes).append(text)

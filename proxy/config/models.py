@@ -138,14 +138,47 @@ class RequireConfig:
 @dataclass(frozen=True, slots=True)
 class UpstreamRef:
     cluster: str
-    path: str
-    query: tuple[str, ...] = ()
+    path: str                                 # may name the match's {params}: /v2/order/{request_id}
+    query: tuple[str, ...] = ()               # allow-listed query parameters forwarded
+    headers: tuple[tuple[str, str], ...] = () # set on every upstream request (e.g. Accept), replacing the app's
+    date: bool = False                        # a fresh RFC 1123 Date header per request
+    pass_back: tuple[str, ...] = ()           # partner response headers handed to the app besides Content-Type
+
+
+@dataclass(frozen=True, slots=True)
+class BodyConfig:
+    """The request body a route accepts: at most ``max_bytes``, JSON, of ``schema`` (JSON Schema)."""
+
+    max_bytes: int = 65536
+    schema: Mapping[str, Any] | None = None
+
+
+SIGN_SCHEMES = ("pss", "pkcs1v15")
+
+
+@dataclass(frozen=True, slots=True)
+class SignConfig:
+    """Sign the exact body bytes sent with the partner account's RSA key (``proxy.signing``)."""
+
+    private_key: Secret                       # PEM, PKCS#1 or PKCS#8; from env or a *_FILE
+    scheme: str = "pss"                       # RSA-PSS SHA-256 max salt, or pkcs1v15
+    header: str = "Signature"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyConfig:
+    """A 200 must carry ``header``, a signature over the raw body by the partner's key."""
+
+    public_key: Secret                        # not secret, but kept out of dumps all the same
+    scheme: str = "pss"                       # any PSS salt length, or pkcs1v15
+    header: str = "Signature"
 
 
 # The filter registry's names (proxy.filters.FILTERS; a test keeps the two equal) and a route's
 # default chain, today's order: existing files without ``filters:`` keep working.
-FILTER_NAMES = ("validate", "credentials", "error_rewrite")
-DEFAULT_FILTERS = ("validate", "credentials", "error_rewrite")
+# body/sign/verify apply only to routes that configure them (their factory returns None otherwise).
+FILTER_NAMES = ("validate", "body", "credentials", "sign", "error_rewrite", "verify")
+DEFAULT_FILTERS = ("validate", "body", "credentials", "sign", "error_rewrite", "verify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +189,9 @@ class RouteConfig:
     methods: tuple[str, ...] = ("GET",)
     require: RequireConfig = RequireConfig()
     filters: tuple[str, ...] = DEFAULT_FILTERS
+    body: BodyConfig | None = None
+    sign: SignConfig | None = None
+    verify: VerifyConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,7 +100,13 @@ def _sink(url_key: str, keyed: bool) -> dict[str, Any]:
 
 def _route() -> dict[str, Any]:
     require = section(m.RequireConfig)
-    upstream = section(m.UpstreamRef)
+    upstream = section(m.UpstreamRef, skip=frozenset({"headers"}), extra={
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "set on every partner request"},
+    })
+    schemes = {"enum": list(m.SIGN_SCHEMES), "default": "pss"}
+    body = section(m.BodyConfig, skip=frozenset({"schema"}), extra={"schema": {"type": "object", "description": "a JSON Schema (draft 7) the body must match"}})
+    sign = section(m.SignConfig, skip=frozenset({"scheme"}), extra={"scheme": schemes})
+    verify = section(m.VerifyConfig, skip=frozenset({"scheme"}), extra={"scheme": schemes})
     return {
         "type": "object",
         "required": ["name", "match", "upstream"],
@@ -118,6 +124,9 @@ def _route() -> dict[str, Any]:
             },
             "require": require,
             "upstream": upstream,
+            "body": body,
+            "sign": sign,
+            "verify": verify,
             "filters": {
                 "type": "array",
                 "items": {"enum": list(m.FILTER_NAMES)},

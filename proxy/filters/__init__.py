@@ -9,18 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from proxy.filters.body import ReadBody
 from proxy.filters.context import FilterContext
 from proxy.filters.credentials import InjectCredentials
 from proxy.filters.error_rewrite import RewriteErrors
+from proxy.filters.sign import SignBody
 from proxy.filters.validate import ValidateRequest
+from proxy.filters.verify import VerifyAnswer
 from proxy.types import Filter
 
 FilterFactory = Callable[[FilterContext], Filter | None]
 
 FILTERS: Mapping[str, FilterFactory] = {
     "validate": ValidateRequest.from_context,
+    "body": ReadBody.from_context,
     "credentials": InjectCredentials.from_context,
+    "sign": SignBody.from_context,
     "error_rewrite": RewriteErrors.from_context,
+    "verify": VerifyAnswer.from_context,
 }
 
 

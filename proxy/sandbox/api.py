@@ -53,6 +53,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.sandbox.bills import Quote, QuoteError, quote
 from proxy.sandbox.catalogue import (
@@ -87,7 +88,7 @@ from proxy.sandbox.replies import (
     pause,
     reset_connection,
 )
-from proxy.sandbox.state import SANDBOX_STATE
+from proxy.sandbox.state import SANDBOX_STATE, ApiCall
 
 SIGNATURE_HEADER: Final = "Signature"
 REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
@@ -176,6 +177,8 @@ def _quote(product: Product, client_number: str) -> Quote:
 async def _guarded(
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]], request: web.Request
 ) -> web.StreamResponse:
+    body = await request.read() if request.body_exists else b""
+    request.app[SANDBOX_STATE].api_calls.append(ApiCall(request.method, request.path, CIMultiDict(request.headers), body))
     refused = authorize(request)
     if refused is not None:
         return refused

@@ -67,6 +67,17 @@ class ProductCall:
     token: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ApiCall:
+    """One request that reached a money endpoint (account, inquiry, order, order status), recorded
+    before any check, body included: tests assert the partner got the app's exact bytes."""
+
+    method: str
+    path: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
 class SandboxState:
     """Everything mutable about one sandbox app; stored under :data:`SANDBOX_STATE`.
 
@@ -85,6 +96,7 @@ class SandboxState:
         self.token_requests: int = 0
         self.tokens_issued: list[str] = []
         self.product_calls: list[ProductCall] = []
+        self.api_calls: list[ApiCall] = []
         self.token_mode: str = "ok"
         self.token_delay: float = 0.0
         # token -> expiry on ``clock``; the only thing that makes a token valid.
@@ -144,6 +156,7 @@ class SandboxState:
         self.token_requests = 0
         self.tokens_issued = []
         self.product_calls = []
+        self.api_calls = []
         self.token_mode = "ok"
         self.token_delay = 0.0
 

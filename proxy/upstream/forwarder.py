@@ -28,9 +28,12 @@ DEFAULT_BODY_LIMIT = 1024 * 1024  # a body route without its own limit (the body
 class Forwarder:
     """Built once per route: the upstream URL and the partner headers passed back are prepared here."""
 
-    def __init__(self, cluster: Cluster, url: URL, pass_back: frozenset[str] = frozenset()) -> None:
+    def __init__(self, cluster: Cluster, url: URL, pass_back: frozenset[str] = frozenset(), path_template: str | None = None) -> None:
         self.cluster = cluster
         self.url = url
+        # "/api/v2/order/{request_id}": the cluster's base path + the route's upstream template,
+        # filled per request with values routing has checked (unreserved characters only).
+        self.path_template = path_template
         self.pass_back = pass_back  # lower-case names of partner headers handed back besides Content-Type
         retry = cluster.config.retry
         self.retry_on = frozenset(retry.retry_on)
@@ -117,6 +120,11 @@ class Forwarder:
             hist.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
 
     def _target(self, ex: Exchange) -> str:
+        if ex.path_params is not None and self.path_template is not None:
+            path = self.path_template.format_map(ex.path_params)
+            if ex.upstream_query:
+                return URL.build(path=path, encoded=True).with_query(ex.upstream_query).raw_path_qs
+            return path
         if ex.upstream_query:
             return self.url.with_query(ex.upstream_query).raw_path_qs
         return self._raw_path
