@@ -133,7 +133,10 @@ def demo_env(sandbox_port: int, port: int, admin_port: int) -> dict[str, str]:
 
 def demo_curls(port: int, admin_port: int) -> str:
     url = f"http://127.0.0.1:{port}/v1/products"
+    api = f"http://127.0.0.1:{port}/v1"
     h = "-H 'Content-Type: application/json' -H 'X-Client-Id: demo-app'"
+    order = '{"data":{"type":"order","id":"demo-order-1","attributes":{"product_code":"25k-xl","client_number":"081234567890"}}}'
+    inquiry = '{"data":{"type":"inquiry","attributes":{"product_code":"pln-postpaid","client_number":"2121212"}}}'
     return "\n".join(
         [
             "partner-proxy demo is running. Try:",
@@ -146,6 +149,13 @@ def demo_curls(port: int, admin_port: int) -> str:
             f"  curl -s {h} -H 'Accept-Language: id' '{url}?product_code=error-S03'",
             "  # an unknown product (P04 -> ForbiddenException)",
             f"  curl -s {h} '{url}?product_code=not-exists'",
+            "  # buy a product: balance, a bill inquiry, a checkout (the sidecar signs it), its status (verified)",
+            f"  curl -s {h} {api}/balance",
+            f"  curl -s {h} -d '{inquiry}' {api}/inquiries",
+            f"  curl -s {h} -d '{order}' {api}/orders",
+            f"  curl -s {h} {api}/orders/demo-order-1",
+            "  # the same order id again: 409 DuplicateRequest, nothing charged twice",
+            f"  curl -s {h} -d '{order}' {api}/orders",
             "  # a request the sidecar itself refuses (415, no JSON content type)",
             f"  curl -s -H 'X-Client-Id: demo-app' {url}",
             "  # metrics",

@@ -26,7 +26,7 @@ class SchemaProblem(ValueError):
 def compile_schema(schema: Mapping[str, Any]) -> Validator:
     try:
         return fastjsonschema.compile(dict(schema))
-    except (fastjsonschema.JsonSchemaDefinitionException, ValueError, TypeError) as exc:
+    except Exception as exc:  # the compiler raises whatever a malformed schema trips (re.error, AttributeError...)
         raise SchemaProblem(str(exc)[:200]) from exc
 
 

@@ -224,3 +224,51 @@ def test_python_dash_m_help_lists_every_command() -> None:
     out = subprocess.run([sys.executable, "-m", "proxy", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=30).stdout
     for command in ("serve", "check", "sandbox", "demo", "explain", "schema"):
         assert command in out
+
+
+def test_check_says_whether_each_key_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check"]) == 0
+    err = capsys.readouterr().err
+    assert "routes[3].sign.private_key: RSA-2048 private key loads" in err
+    assert "routes[4].verify.public_key: RSA-2048 public key loads" in err
+    assert "PRIVATE KEY" not in err and ENV["TOKOPEDIA_PRIVATE_KEY"].splitlines()[1] not in err
+
+
+@pytest.mark.parametrize(
+    "value,words",
+    [
+        ("not a key at all", "RSA private key"),
+        ("SMALL", "at least 2048 bits"),
+        ("PUBLIC", "RSA private key"),
+    ],
+)
+def test_a_bad_signing_key_is_refused_with_the_line_and_no_key_material(tmp_path: Path, value: str, words: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if value == "SMALL":
+        small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        value = small.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    elif value == "PUBLIC":
+        value = ENV["TOKOPEDIA_PUBLIC_KEY"]
+    with pytest.raises(ConfigError) as info:
+        load_config(ROUTES, ERRORS, env={**ENV, "TOKOPEDIA_PRIVATE_KEY": value})
+    (problem,) = [p for p in info.value.problems if "sign.private_key" in p]
+    assert problem.startswith(f"{ROUTES}:{line_of(ROUTES, 'private_key:')}: routes[3].sign.private_key: ") and words in problem
+    assert all(line not in problem for line in value.splitlines()[1:-1])  # no key material
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (('path: "/v2/order/{request_id}"', 'path: "/v2/order/{order_id}"'), "names {order_id}, which match.path does not have"),
+        (('path: "/v1/orders/{request_id}"', 'path: "/v1/orders/x{request_id}"'), "is not a whole-segment parameter"),
+        (("    sign: {private_key", "    filters: [validate, body, credentials, error_rewrite]\n    sign: {private_key"), "sign: is configured but filters does not list sign"),
+        (("type: {const: order}", "type: {const: order, type: notatype}"), "is not a valid JSON Schema"),
+    ],
+)
+def test_route_templates_filters_and_schemas_are_checked(tmp_path: Path, edit: tuple[str, str], words: str) -> None:
+    routes, errors = copy_with(tmp_path, edit)
+    assert any(words in p for p in problems(routes, errors)), problems(routes, errors)

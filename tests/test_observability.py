@@ -18,6 +18,7 @@ from proxy.app import build_data_app, build_state
 from proxy.admin import build_admin_app
 from proxy.commlog import CommunicationLog
 from proxy.sandbox import SANDBOX_STATE
+from tests.keys import keys_for_tests
 from tests.helpers import CLIENT_ID, CLIENT_SECRET, Rig, patched_routes, sandbox_app, shipped_config
 from tests.process import Sidecar, get_products
 from tests.receivers import DD_KEY, DD_PATH, NR_KEY, NR_PATH, SLACK_PATH, Receiver
@@ -182,6 +183,14 @@ async def test_secrets_never_appear_in_any_output(aiohttp_server: Any, receiver:
             for query in ("", "?product_code=25k-xl", "?product_code=error-P08", "?product_code=status-401", "?product_code=error-S03", "?product_code=not-exists", "?product_code=garbage"):
                 status, body = await get_products(s, sidecar, query, Authorization="Bearer app-token-should-not-leak")
                 seen.append(json.dumps(body))
+            order = b'{"data":{"type":"order","id":"leak-1","attributes":{"product_code":"25k-xl","client_number":"081234567890"}}}'
+            hdrs = {"Content-Type": "application/json", "X-Client-Id": "app-1"}
+            for path, data in (("/v1/orders", order), ("/v1/orders", b"{}")):
+                async with s.post(f"http://127.0.0.1:{sidecar.port}{path}", data=data, headers=hdrs) as r:
+                    seen.append(await r.text())
+            for rid in ("leak-1", "never"):
+                async with s.get(f"http://127.0.0.1:{sidecar.port}/v1/orders/{rid}", headers=hdrs) as r:
+                    seen.append(await r.text())
             for _ in range(3):
                 await get_products(s, sidecar, "?product_code=status-500")
             sandbox.app[SANDBOX_STATE].revoke_all()
@@ -201,7 +210,9 @@ async def test_secrets_never_appear_in_any_output(aiohttp_server: Any, receiver:
     tokens = partner.tokens_issued
     assert len(tokens) >= 2 and any(receiver.got.values())
     basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-    forbidden = [CLIENT_SECRET, basic, DD_KEY, NR_KEY, SLACK_PATH, *tokens]
+    key_lines = [line for line in keys_for_tests().account_private_pem.splitlines() if len(line) > 40 and not line.startswith("-----")]
+    assert len(key_lines) > 10
+    forbidden = [CLIENT_SECRET, basic, DD_KEY, NR_KEY, SLACK_PATH, *tokens, *key_lines]
     everything = "\n".join(seen)
     for secret in forbidden:
         assert secret not in everything, f"leaked: {secret[:6]}..."

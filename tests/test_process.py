@@ -342,6 +342,16 @@ async def test_demo_serves_sandbox_products_and_prints_curls(session: aiohttp.Cl
             assert {p["id"] for p in (await r.json())["data"]} >= {"25k-xl"}
         async with session.get(url + "?product_code=error-S03", headers={"Content-Type": "application/json", "X-Client-Id": "demo-app", "Accept-Language": "id"}) as r:
             assert r.status == 503 and (await r.json())["error"]["message"] == "Produk sedang ditutup"
+        # the demo wired keys on both sides: a signed checkout and a verified status work as printed
+        h = {"Content-Type": "application/json", "X-Client-Id": "demo-app"}
+        order = b'{"data":{"type":"order","id":"demo-order-1","attributes":{"product_code":"25k-xl","client_number":"081234567890"}}}'
+        api = f"http://127.0.0.1:{port}/v1"
+        async with session.post(api + "/orders", data=order, headers=h) as r:
+            assert r.status == 200, await r.text()
+        async with session.get(api + "/orders/demo-order-1", headers=h) as r:
+            assert r.status == 200 and r.headers["Signature"], await r.text()
+        async with session.post(api + "/orders", data=order, headers=h) as r:
+            assert r.status == 409
     finally:
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)
