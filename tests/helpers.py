@@ -54,7 +54,7 @@ def sandbox_env(sandbox_url: str, redis_url: str = "", **extra: str) -> dict[str
     }
 
 
-def shipped_config(sandbox_url: str, redis_url: str = "", routes: Path = ROUTES, errors: Path = ERRORS, **extra: str) -> LoadedConfig:
+def shipped_config(sandbox_url: str, redis_url: str = "", routes: str | Path = ROUTES, errors: str | Path = ERRORS, **extra: str) -> LoadedConfig:
     return load_config(routes, errors, env=sandbox_env(sandbox_url, redis_url, **extra))
 
 

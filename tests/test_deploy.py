@@ -140,7 +140,7 @@ def exported_metric_names() -> set[str]:
         if not isinstance(collector, MetricWrapperBase):
             continue
         names = collector._labelnames  # prometheus_client keeps no public accessor for these
-        child = collector.labels(*["x"] * len(names)) if names else collector
+        child: Any = collector.labels(*["x"] * len(names)) if names else collector
         kind = collector._type
         if kind == "counter":
             child.inc()

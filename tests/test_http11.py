@@ -143,7 +143,10 @@ async def test_no_length_reads_until_close_and_is_not_reused(server: RawServer) 
 async def test_connection_close_and_http10_are_not_reused(server: RawServer) -> None:
     pool = make_pool(server)
     for answer in (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\na", b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\na"):
-        server.script = lambda req, a=answer: [a]
+        def script(req: object, a: bytes = answer) -> list[bytes]:
+            return [a]
+
+        server.script = script
         await get(pool)
         await get(pool)
     assert server.connections == 4

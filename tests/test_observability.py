@@ -39,7 +39,7 @@ def base(sandbox: TestServer) -> str:
     return str(sandbox.make_url("")).rstrip("/")
 
 
-def notify_env(rec: Receiver) -> dict[str, str]:
+def notify_env(rec: Receiver) -> Any:  # **-unpacked into env keyword arguments
     return {
         "SLACK_WEBHOOK_URL": rec.url(SLACK_PATH),
         "DATADOG_API_URL": rec.url(DD_PATH),
@@ -49,7 +49,7 @@ def notify_env(rec: Receiver) -> dict[str, str]:
     }
 
 
-async def rig_with_log(aiohttp_client: Any, sandbox: TestServer, stream: io.StringIO, **env: str) -> Rig:
+async def rig_with_log(aiohttp_client: Any, sandbox: TestServer, stream: io.StringIO, **env: Any) -> Rig:
     loaded = shipped_config(base(sandbox), **env)
     state = build_state(loaded, log_stream=stream)
     client = await aiohttp_client(build_data_app(state))
@@ -175,7 +175,8 @@ async def test_secrets_never_appear_in_any_output(aiohttp_server: Any, receiver:
     """Scan stdout, stderr, /metrics, /config, error bodies and notifier payloads of a busy sidecar."""
     sandbox = await aiohttp_server(sandbox_app(token_ttl=2.0))
     routes = patched_routes(tmp_path, {"fail_max: 5": "fail_max: 2", "reset_timeout: 30s": "reset_timeout: 500ms", "refresh_before: 10m": "refresh_before: 1s"})
-    sidecar = Sidecar(base(sandbox), routes=routes, **notify_env(receiver))
+    env: Any = notify_env(receiver)  # Sidecar's **env are environment variables
+    sidecar = Sidecar(base(sandbox), routes=routes, **env)
     await sidecar.start()
     seen: list[str] = []
     try:

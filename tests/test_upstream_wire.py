@@ -333,7 +333,7 @@ def test_every_http11_exception_is_mapped() -> None:
 
 def test_every_aiohttp_exception_is_mapped() -> None:
     """Like httpx's test of map_httpcore_exceptions: every exception aiohttp exports is in the table."""
-    exported = {v for _, v in inspect.getmembers(aiohttp) if inspect.isclass(v) and issubclass(v, Exception)}
+    exported: set[type[BaseException]] = {v for _, v in inspect.getmembers(aiohttp) if inspect.isclass(v) and issubclass(v, Exception)}
     exported |= {v for _, v in inspect.getmembers(http_exceptions) if inspect.isclass(v) and issubclass(v, Exception)}
     exported |= _all_subclasses(aiohttp.ClientError)
     exported |= {http11.Violation, TimeoutError, asyncio.TimeoutError, OSError, ssl.SSLError}
