@@ -36,8 +36,9 @@ DROP_HEADERS = frozenset(
 )
 
 
-def upstream_headers(headers: CIMultiDictProxy[str], request_id: str, traceparent: str) -> CIMultiDict[str]:
-    """The app's headers minus everything a proxy must not forward, plus our tracing headers."""
+def upstream_headers(headers: CIMultiDictProxy[str], request_id: str, traceparent: str, tracestate: str | None = None) -> CIMultiDict[str]:
+    """The app's headers minus everything a proxy must not forward, plus our tracing headers
+    (``tracestate`` only when tracing is on: the incoming one, checked and unchanged)."""
     upstream = CIMultiDict[str]()
     drop = DROP_HEADERS
     connection = headers.get("Connection")
@@ -53,6 +54,8 @@ def upstream_headers(headers: CIMultiDictProxy[str], request_id: str, traceparen
     upstream["Accept-Encoding"] = "identity"  # success bodies pass through untouched, never re-encoded
     upstream["X-Request-Id"] = request_id
     upstream["traceparent"] = traceparent
+    if tracestate:
+        upstream["tracestate"] = tracestate
     return upstream
 
 

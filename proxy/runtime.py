@@ -1,9 +1,10 @@
 """Compile a loaded config into one immutable ``Runtime``: everything the config files decide.
 
-Routes with their filter chains, the log policy, the notification settings, the drain timeout:
-all of it is one object, swapped in one assignment on reload, so a reload that reports success has
-applied the whole config, and requests in flight finish on the Runtime they started with. The
-long-lived objects it points at (clusters, providers, the log writer) come from ``Resources``.
+Routes with their filter chains, the log policy, the notification settings, the drain timeout, the
+tracer: all of it is one object, swapped in one assignment on reload, so a reload that reports
+success has applied the whole config, and requests in flight finish on the Runtime they started
+with. The long-lived objects it points at (clusters, providers, the tracer, the log writer) come
+from ``Resources``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from proxy.config import LoadedConfig
 from proxy.config.models import NotificationsConfig
 from proxy.filters import FilterContext, build_filters
 from proxy.oauth import TokenProvider
+from proxy.otel import Tracing
 from proxy.resources import Resources, Staged
 from proxy.routing import RouteTable
 from proxy.tracing import LanguagePicker
@@ -41,12 +43,14 @@ class Runtime:
     local_language: LanguagePicker          # for requests no route matched
     notifications: NotificationsConfig
     drain_timeout: float
+    tracing: Tracing                        # a long-lived resource, replaced only when its settings change
 
 
 def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) -> Runtime:
     """Build a Runtime. New long-lived objects go into ``staged``: the caller commits it once the
     whole runtime is in place, or discards it (even when this raises half-way)."""
     cfg = loaded.proxy
+    tracing = resources.tracing(cfg.tracing, staged)
     clusters = {name: resources.cluster(c, staged) for name, c in cfg.clusters.items()}
     providers = {
         name: resources.provider(c, cfg.token_cache, staged)
@@ -74,7 +78,7 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
                 cluster=cluster.name,
                 upstream_path=r.upstream.path,
                 query=r.upstream.query,
-                chain=build_chain(build_filters(r.filters, ctx), Forwarder(cluster, url)),
+                chain=build_chain(build_filters(r.filters, ctx), Forwarder(cluster, url, tracing=tracing)),
                 language=LanguagePicker(frozenset(table.languages()), table.default_language),
             )
         )
@@ -98,5 +102,6 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
         local_language=LanguagePicker(frozenset(first.languages()), first.default_language),
         notifications=cfg.notifications,
         drain_timeout=cfg.drain_timeout,
+        tracing=tracing,
     )
     return runtime

@@ -243,7 +243,12 @@ class Tracing:
         exporter: SpanExporter | None = None,
     ) -> Tracing:
         """Off (``enabled`` false) unless ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` is set."""
-        settings = settings_from(env, cfg or TracingConfig(), version or package_version())
+        return cls.from_settings(settings_from(env, cfg or TracingConfig(), version or package_version()), metrics=metrics, exporter=exporter)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, metrics: Any = None, exporter: SpanExporter | None = None) -> Tracing:
+        """``from_env`` for settings already read (``Resources`` reads the env once, then per reload
+        only the ``tracing:`` block changes). Logs where spans go when on."""
         tracing = cls(settings, metrics=metrics, exporter=exporter)
         if tracing.enabled:
             log.info(
@@ -377,6 +382,43 @@ class Tracing:
         """``shutdown`` off the loop (in a thread); for cleanup_ctx and reload's swap of the old one."""
         if self._processor is not None:
             await asyncio.to_thread(self.shutdown, timeout)
+
+
+class TracingRef:
+    """The running ``Tracing``, for objects that outlive a reload (token providers, breakers).
+
+    A reload that changes the tracing settings builds a new ``Tracing`` and closes the old one;
+    ``Resources`` points this at the new one in the same step as the runtime swap, so a provider
+    or breaker built before keeps tracing into the live one. It has the calls they make.
+    """
+
+    __slots__ = ("tracing",)
+
+    def __init__(self, tracing: Tracing) -> None:
+        self.tracing = tracing
+
+    @property
+    def enabled(self) -> bool:
+        return self.tracing.enabled
+
+    def current(self) -> Span | None:
+        return self.tracing.current()
+
+    def event(self, name: str, attributes: Mapping[str, Any] | None = None) -> None:
+        self.tracing.event(name, attributes)
+
+    def client_span(
+        self,
+        parent: Span | None,
+        name: str,
+        *,
+        attempt: int | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        start_ns: int | None = None,
+    ) -> Span | None:
+        return self.tracing.client_span(parent, name, attempt=attempt, attributes=attributes, start_ns=start_ns)
+
+    end = staticmethod(Tracing.end)
 
 
 def _endpoint_for_log(endpoint: str | None) -> str:
