@@ -13,7 +13,10 @@ four targets on that same upstream:
     nginx-proxy    a second nginx (1 worker) proxy_pass-ing with keep-alive upstream connections
     bare-aiohttp   bench/bare_aiohttp.py: one ClientSession, read body, return it (uvloop)
     partner-proxy  `python -m proxy serve` with the shipped config/routes.yaml + config/errors.yaml,
-                   REDIS_URL set, metrics and the communication log on
+                   REDIS_URL set, metrics and the communication log on, tracing off
+
+and with --tracing two more: pp-trace-10 and pp-trace-100, the same sidecar exporting spans over
+OTLP/HTTP to bench/otlp_sink.py (loopback, pinned beside redis) at 10 % and 100 % sampling
 
 then, per repetition and target (the order rotates each repetition): a warm-up, a closed-loop
 `wrk -t1 -c32 --latency` run (req/s, p50, p99, errors, server CPU per request) and an open-loop
@@ -358,6 +361,15 @@ def scrape_requests_total(admin_port: int) -> dict[str, float]:
     return out
 
 
+def scrape_spans(admin_port: int) -> dict[str, float]:
+    """partner_proxy_spans_exported_total and _dropped_total (summed over reasons)."""
+    _, _, body = http_get(f"http://{HOST}:{admin_port}/metrics", timeout=5)
+    out = {"exported": 0.0, "dropped": 0.0}
+    for m in re.finditer(r'^partner_proxy_spans_(exported|dropped)_total(?:\{[^}]*\})?\s+([0-9.e+]+)', body.decode(), re.MULTILINE):
+        out[m.group(1)] += float(m.group(2))
+    return out
+
+
 # --------------------------------------------------------------------------- wrk
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -470,6 +482,9 @@ class Bench:
         self.quiet_budget = args.quiet_budget  # seconds left for waiting out / re-measuring disturbed runs
         self.remeasured = 0
         self.profiles: dict[str, dict[str, Any]] = {}
+        self.sink: Child | None = None
+        self.sink_url = ""
+        self.spans: dict[str, dict[str, float]] = {}  # --tracing: per traced target, spans exported/dropped
 
     # ---- setup
 
@@ -504,6 +519,31 @@ class Bench:
         wait_http(f"http://{HOST}:{p}{APP_PATH}", child)
         self.targets.append(Target("bare-aiohttp", f"http://{HOST}:{p}{APP_PATH}", child))
 
+        self.sidecar = self._start_sidecar("partner-proxy", up)  # tracing off: no OTEL_* endpoint
+        self.targets.append(self.sidecar)
+        if a.tracing:
+            # A loopback OTLP sink (pinned beside redis) and two more sidecars exporting to it, at
+            # 10 % and 100 % of new traces (wrk sends no traceparent: the ratio decides).
+            sink_port = free_port()
+            self.sink = self.procs.start("otlp-sink", [sys.executable, str(BENCH / "otlp_sink.py"), "--port", str(sink_port)],
+                                         cpu=a.aux_cpu, stderr_path=self.tmp / "sink.stderr")
+            self.sink_url = f"http://{HOST}:{sink_port}"
+            wait_http(self.sink_url + "/stats", self.sink)
+            self.servers.append(self.sink)
+            for name, ratio in TRACING_TARGETS.items():
+                self.targets.append(self._start_sidecar(name, up, {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": self.sink_url,
+                    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                    "OTEL_TRACES_SAMPLER_ARG": ratio,
+                    "OTEL_SERVICE_NAME": "partner-proxy-bench",
+                }))
+        self.servers += [t.child for t in self.targets]
+        log(f"up: upstream nginx :{up_port}, redis :{self.redis_port}, nginx-proxy, bare-aiohttp, "
+            + ", ".join(f"{t.name} :{t.url.split(':')[2].split('/')[0]} (admin :{t.admin_port})" for t in self.targets if t.admin_port)
+            + (f", OTLP sink {self.sink_url}" if a.tracing else "") + f"; pinning {'on' if self.pin else 'off'}")
+
+    def _start_sidecar(self, name: str, up: str, extra: dict[str, str] | None = None) -> Target:
+        a = self.args
         p, admin = free_port(), free_port()
         env = child_env({
             "PROXY_LISTEN": f"{HOST}:{p}",
@@ -513,22 +553,25 @@ class Bench:
             "TOKOPEDIA_CLIENT_ID": "bench-client",
             "TOKOPEDIA_CLIENT_SECRET": "bench-secret",
             "REDIS_URL": f"redis://{HOST}:{self.redis_port}/0",
+            **(extra or {}),
         })
-        commlog = open(os.devnull, "wb") if a.commlog == "devnull" else open(self.tmp / "commlog.jsonl", "wb")  # noqa: SIM115
+        if not extra:  # the plain sidecar: never export, whatever the caller's environment says
+            for k in [k for k in env if k.startswith("OTEL_")]:
+                del env[k]
+        primary = name == "partner-proxy"
+        commlog_path = self.tmp / ("commlog.jsonl" if primary else f"commlog-{name}.jsonl")
+        commlog = open(os.devnull, "wb") if a.commlog == "devnull" else open(commlog_path, "wb")  # noqa: SIM115
         try:
-            child = self.procs.start("partner-proxy", [sys.executable, "-m", "proxy", "serve", "--config", a.config, "--errors", a.errors,
-                                                       "--workers", str(a.workers)],
-                                     cpu=a.server_cpu, env=env, stdout=commlog, stderr_path=self.tmp / "sidecar.stderr",
+            child = self.procs.start(name, [sys.executable, "-m", "proxy", "serve", "--config", a.config, "--errors", a.errors,
+                                            "--workers", str(a.workers)],
+                                     cpu=a.server_cpu, env=env, stdout=commlog,
+                                     stderr_path=self.tmp / ("sidecar.stderr" if primary else f"sidecar-{name}.stderr"),
                                      # SIGTERM starts the drain (drain_timeout), a second one ends it at once.
                                      stop_signals=(signal.SIGTERM, signal.SIGTERM))
         finally:
             commlog.close()
         wait_http(f"http://{HOST}:{admin}/readyz", child)
-        self.sidecar = Target("partner-proxy", f"http://{HOST}:{p}{APP_PATH}", child, admin_port=admin)
-        self.targets.append(self.sidecar)
-        self.servers += [t.child for t in self.targets]
-        log(f"up: upstream nginx :{up_port}, redis :{self.redis_port}, nginx-proxy, bare-aiohttp, partner-proxy :{p} (admin :{admin}); "
-            f"pinning {'on' if self.pin else 'off'}")
+        return Target(name, f"http://{HOST}:{p}{APP_PATH}", child, admin_port=admin)
 
     def _wait_redis(self, child: Child) -> None:
         deadline = time.monotonic() + 10
@@ -588,7 +631,7 @@ class Bench:
         assert self.upstream is not None
         self.wait_quiet()
         self.wrk(t.url, a.warmup)  # warm-up: connections, caches, token, JIT-free but allocator-warm
-        is_sidecar = t is self.sidecar
+        is_sidecar = t.admin_port is not None
         servers = [c.pid for c in self.servers]
         sys0, own0 = system_cpu(), own_cpu(servers)
         cpu0, up0, w0 = tree_cpu_seconds(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
@@ -674,6 +717,11 @@ class Bench:
                     res["remeasured"] = True
                     self.remeasured += 1
                 t.runs.append(res)
+        for t in self.targets:
+            if t.name in TRACING_TARGETS and t.admin_port:
+                self.spans[t.name] = scrape_spans(t.admin_port)
+        if self.sink is not None:
+            self.spans["sink"] = json.loads(http_get(self.sink_url + "/stats")[2])
         self.memory["rss_after_runs_mib"] = rss_mib(self.sidecar.child.pid)
         self.memory["requests_before_rss_after"] = sum(r["wrk"]["requests"] for r in self.sidecar.runs)
         if a.memory:
@@ -862,7 +910,11 @@ TARGET_LABELS = {
     "nginx-proxy": "nginx reverse proxy",
     "bare-aiohttp": "bare aiohttp pass-through",
     "partner-proxy": "partner-proxy",
+    "pp-trace-10": "partner-proxy, tracing 10 %",
+    "pp-trace-100": "partner-proxy, tracing 100 %",
 }
+# --tracing: target name -> OTEL_TRACES_SAMPLER_ARG (parentbased_traceidratio)
+TRACING_TARGETS = {"pp-trace-10": "0.1", "pp-trace-100": "1.0"}
 
 
 def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elapsed: float) -> str:
@@ -899,6 +951,18 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         f"- partner-proxy / nginx reverse proxy: throughput ×{ratio(pp['rps'], ngx['rps'], '.3f')}, CPU per request ×{ratio(pp['cpu'], ngx['cpu'], '.1f')}",
         f"- bare aiohttp / nginx reverse proxy: throughput ×{ratio(bare['rps'], ngx['rps'], '.3f')}, CPU per request ×{ratio(bare['cpu'], ngx['cpu'], '.1f')}",
     ]
+    if bench.args.tracing:
+        off = pp["cpu"]
+        parts = [f"off {fmt(off, '.1f')}"]
+        for name in TRACING_TARGETS:
+            cpu = summary.get(name, {}).get("cpu")
+            delta = None if cpu is None or off is None else cpu - off
+            sp = bench.spans.get(name, {})
+            parts.append(f"{TARGET_LABELS[name].split(', ')[1]} {fmt(cpu, '.1f')} ({fmt(delta, '+.1f')}; "
+                         f"{sp.get('exported', 0):,.0f} spans exported, {sp.get('dropped', 0):,.0f} dropped)")
+        sink = bench.spans.get("sink", {})
+        lines.append(f"- partner-proxy tracing, CPU us/req (OTLP/HTTP to a loopback sink, parentbased_traceidratio): {'; '.join(parts)}; "
+                     f"sink got {sink.get('exports', 0):,} exports, {sink.get('bytes', 0) / 1e6:.1f} MB")
     mem = bench.memory
     rss = f"RSS {fmt(mem.get('rss_start_mib'), '.1f')} MiB at start → {fmt(mem.get('rss_after_runs_mib'), '.1f')} MiB after {mem.get('requests_before_rss_after', 0):,} measured requests"
     if "rss_after_memory_mib" in mem:
@@ -994,6 +1058,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "and measure a disturbed run once more (default 30; 15 with --quick; 0: never wait, just flag)")
     p.add_argument("--quiet-budget", type=float, metavar="S",
                    help="total seconds a run may spend on that waiting and re-measuring (default 180; 45 with --quick)")
+    p.add_argument("--tracing", action="store_true",
+                   help="also measure partner-proxy with tracing on, at 10 %% and 100 %% sampling, exporting to a loopback OTLP sink (bench/otlp_sink.py)")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
     p.add_argument("--no-install", action="store_true", help="refuse instead of apt-get installing missing tools")
     a = p.parse_args(argv)

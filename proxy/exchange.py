@@ -9,6 +9,7 @@ from typing import Protocol
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import PartnerError
+from proxy.otel import Span
 
 
 class Downstream(Protocol):
@@ -80,7 +81,7 @@ class Exchange:
     method: str
     request_id: str
     language: str
-    traceparent: str                      # the one sent upstream (same trace id, new span id)
+    traceparent: str                      # the one sent upstream (same trace id, new span id; with tracing on, the last attempt's CLIENT span)
     started: float
     upstream_headers: CIMultiDict[str]    # what the partner gets; filters add to it (Authorization)
     upstream_query: dict[str, str] | None = None
@@ -93,3 +94,4 @@ class Exchange:
     error_type: str | None = None
     breaker_state: str | None = None
     token_retried: bool = False
+    span: Span | None = None              # the request's SERVER span; None when tracing is off

@@ -58,12 +58,13 @@ def upstream_headers(
     headers: CIMultiDictProxy[str],
     request_id: str,
     traceparent: str,
+    tracestate: str | None = None,
     set_headers: tuple[tuple[str, str], ...] = (),
     date: str | None = None,
 ) -> CIMultiDict[str]:
     """The app's headers minus everything a proxy must not forward, the route's own headers
-    (``upstream.headers``, replacing the app's), a fresh ``Date`` when the route asks, and our
-    tracing headers."""
+    (``upstream.headers``, replacing the app's), a fresh ``Date`` when the route asks, and the
+    trace context: our ``traceparent`` and the incoming ``tracestate``, checked and unchanged."""
     upstream = CIMultiDict[str]()
     drop = DROP_HEADERS
     connection = headers.get("Connection")
@@ -83,6 +84,8 @@ def upstream_headers(
     upstream["Accept-Encoding"] = "identity"  # success bodies pass through untouched, never re-encoded
     upstream["X-Request-Id"] = request_id
     upstream["traceparent"] = traceparent
+    if tracestate:
+        upstream["tracestate"] = tracestate
     return upstream
 
 

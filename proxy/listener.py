@@ -1,5 +1,7 @@
 """The data listener's core, whatever server parsed the request: match a route, run its chain,
-render the answer or the error as a ``Reply``, and let the runtime's observers see it.
+render the answer or the error as a ``Reply``, and let the runtime's observers see it. With
+tracing on, the request's SERVER span starts and ends here (the forwarder adds a CLIENT span per
+partner attempt under it).
 
 Everything that depends on config is read from the current ``Runtime``, taken once per request: a
 reload that swaps the runtime mid-request does not change the request's config. What is logged and
@@ -19,9 +21,10 @@ from multidict import CIMultiDict
 from proxy.errors import InvalidPathParameter, ProxyError, RouteNotFound, TokenUnavailable
 from proxy.exchange import Downstream, Exchange, UpstreamResponse
 from proxy.headers import HttpDate, downstream_headers, upstream_headers
+from proxy.otel import Tracing
 from proxy.reply import Reply, error_reply
 from proxy.runtime import Runtime
-from proxy.tracing import child_traceparent, request_id_from
+from proxy.tracing import child_traceparent, forwarded_tracestate, request_id_from
 
 log = logging.getLogger("proxy.listener")
 
@@ -73,7 +76,20 @@ class Listener:
         route, params = matched
         headers = downstream.headers
         request_id = request_id_from(headers.get("X-Request-Id"))
-        traceparent = child_traceparent(headers.get("traceparent"))
+        tracing = runtime.tracing
+        span = None
+        if tracing.enabled:  # the one check tracing costs when off
+            span = tracing.server_span(
+                route.path, downstream.method, traceparent=headers.get("traceparent"), tracestate=headers.get("tracestate"),
+                path=downstream.path, attributes={"partner_proxy.route": route.name, "partner_proxy.cluster": route.cluster},
+            )
+        date = self._date() if route.date else None
+        if span is None:
+            traceparent = child_traceparent(headers.get("traceparent"))
+            tracestate = forwarded_tracestate(headers.get("traceparent"), headers.get("tracestate"))
+        else:  # the forwarder replaces it with each attempt's CLIENT span
+            traceparent, tracestate = span.traceparent, span.tracestate
+        forwarded = upstream_headers(headers, request_id, traceparent, tracestate, route.set_headers, date)
         ex = Exchange(
             downstream=downstream,
             method=downstream.method,
@@ -81,9 +97,8 @@ class Listener:
             language=route.language(headers.get("Accept-Language")),
             traceparent=traceparent,
             started=started,
-            upstream_headers=upstream_headers(
-                headers, request_id, traceparent, route.set_headers, self._date() if route.date else None
-            ),
+            upstream_headers=forwarded,
+            span=span,
             path_params=params,
         )
         if route.query:
@@ -92,8 +107,10 @@ class Listener:
         for observer in runtime.start_observers:
             observer.on_start(ex, route)
         upstream: UpstreamResponse | None = None
+        reply: Reply | None = None
         self.inflight += 1
         self._idle.clear()
+        active = Tracing.activate(span)  # token fetches and breaker events find the span here
         try:
             upstream = await route.chain(ex)
         except ProxyError as exc:
@@ -107,6 +124,15 @@ class Listener:
             self.inflight -= 1
             if not self.inflight:
                 self._idle.set()
+            if span is not None:
+                Tracing.deactivate(active)
+                if reply is None:  # cancelled: the app went away
+                    span.end(None, "cancelled")
+        if span is not None:
+            span.end(
+                reply.status, ex.error_type,
+                {"partner_proxy.partner_code": ex.partner_code, "partner_proxy.token_source": ex.token_source},
+            )
         for observer in runtime.observers:
             observer.on_finish(ex, route, reply.status, upstream)
         return reply

@@ -1,5 +1,6 @@
 """The long-lived resources a runtime uses: clusters (pools, breakers), token providers, Redis
-stores, the token session, the communication-log writer and the request metrics.
+stores, the token session, the tracer (``Tracing``), the communication-log writer and the request
+metrics.
 
 They outlive reloads: a reload asks for a cluster or provider by its config, gets the running one
 back when that config did not change (token cache and breaker state survive), and a new one when it
@@ -10,17 +11,21 @@ staged and leaves everything running as it was.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from proxy.commlog import CommunicationLog
-from proxy.config.models import ClusterConfig, CredentialsConfig, TokenCacheConfig
+from proxy.config.models import ClusterConfig, CredentialsConfig, TokenCacheConfig, TracingConfig
 from proxy.metrics import Metrics
 from proxy.notify import Event
 from proxy.oauth import RedisTokenStore, TokenProvider
+from proxy.otel import Tracing, TracingRef, package_version
+from proxy.otel.config import settings_from
 from proxy.request_metrics import RequestMetrics
 from proxy.upstream.breaker import BreakerGuard
 from proxy.upstream.cluster import Cluster
@@ -51,12 +56,20 @@ class Staged:
     clusters: dict[str, tuple[ClusterConfig, Cluster]] = field(default_factory=dict)
     providers: dict[str, tuple[ProviderKey, TokenProvider]] = field(default_factory=dict)
     new: list[Cluster | TokenProvider] = field(default_factory=list)
+    tracing: Tracing | None = None       # the one the runtime uses: the running one, or new_tracing
+    new_tracing: Tracing | None = None
 
 
 class Resources:
     """Owns every session, pool, breaker and provider; ``close()`` releases them all."""
 
-    def __init__(self, metrics: Metrics, hooks: Hooks | None = None, commlog: CommunicationLog | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        hooks: Hooks | None = None,
+        commlog: CommunicationLog | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.metrics = metrics
         self.hooks = hooks or Hooks()
         self.commlog = commlog or CommunicationLog()
@@ -67,6 +80,12 @@ class Resources:
         self._token_session: aiohttp.ClientSession | None = None
         self._retired: list[Cluster | TokenProvider] = []
         self._closing: set[asyncio.Task[None]] = set()
+        # Tracing: the OTEL_* variables are read once (they are the process's); a reload changes
+        # only the tracing: block. Providers and breakers trace through the ref, which commit
+        # points at the running Tracing.
+        self._tracing_base = settings_from(dict(os.environ) if env is None else env, TracingConfig(), package_version())
+        self._tracing: Tracing | None = None
+        self.tracing_ref = TracingRef(Tracing.disabled())
 
     @property
     def token_session(self) -> aiohttp.ClientSession:
@@ -87,11 +106,22 @@ class Resources:
         if known is not None and known[0] == config:
             staged.clusters[config.name] = known
             return known[1]
-        breaker = BreakerGuard(config.name, config.circuit_breaker, self.metrics, self.hooks.breaker_opened)
+        breaker = BreakerGuard(config.name, config.circuit_breaker, self.metrics, self.hooks.breaker_opened, tracing=self.tracing_ref)
         cluster = Cluster(config, self.metrics, breaker)
         staged.clusters[config.name] = (config, cluster)
         staged.new.append(cluster)
         return cluster
+
+    def tracing(self, config: TracingConfig, staged: Staged) -> Tracing:
+        """The running Tracing when its settings are unchanged, else a new one (staged)."""
+        settings = dataclasses.replace(self._tracing_base, config=config)
+        known = self._tracing
+        if known is not None and (known.settings == settings or not (known.enabled or settings.enabled)):
+            staged.tracing = known
+            return known
+        tracing = Tracing.from_settings(settings, metrics=self.metrics)
+        staged.tracing = staged.new_tracing = tracing
+        return tracing
 
     def provider(self, config: CredentialsConfig, cache: TokenCacheConfig, staged: Staged) -> TokenProvider:
         key = (config, cache)
@@ -105,6 +135,7 @@ class Resources:
             store=self._store(cache),
             metrics=self.metrics,
             on_fetch_failure=self.hooks.token_fetch_failed,
+            tracing=self.tracing_ref,
         )
         staged.providers[config.name] = (key, provider)
         staged.new.append(provider)
@@ -117,12 +148,31 @@ class Resources:
         used = {id(c) for _, c in staged.clusters.values()} | {id(p) for _, p in staged.providers.values()}
         self._retired += [obj for obj in running if id(obj) not in used]
         self._clusters, self._providers = dict(staged.clusters), dict(staged.providers)
+        if staged.tracing is not None and staged.tracing is not self._tracing:
+            old, self._tracing = self._tracing, staged.tracing
+            self.tracing_ref.tracing = staged.tracing
+            if old is not None:
+                self._close_tracing_in_background(old)
         self.retire_in_background()
+
+    @property
+    def running_tracing(self) -> Tracing | None:
+        return self._tracing
+
+    def _close_tracing_in_background(self, old: Tracing) -> None:
+        """The replaced tracer: flush what it holds (bounded by its shutdown_timeout, in a thread)
+        and stop its export thread. Spans of requests still in flight on it are counted as dropped
+        (``shutdown``)."""
+        task = asyncio.get_running_loop().create_task(old.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def discard(self, staged: Staged) -> None:
         """A build that failed: close only what it made; the running objects stay untouched."""
         for obj in staged.new:
             await obj.close()
+        if staged.new_tracing is not None:
+            await staged.new_tracing.aclose()
 
     def retire_in_background(self) -> None:
         """Close what a reload replaced once requests that started on the old runtime are done.
@@ -154,6 +204,9 @@ class Resources:
         for task in list(self._closing):
             task.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)
+        # Ask for the last spans first: the flush (bounded) runs in a thread while the rest closes.
+        tracing, self._tracing = self._tracing, None
+        flush = asyncio.ensure_future(tracing.aclose()) if tracing is not None else None
         retired, self._retired = self._retired, []
         for item in retired:
             await item.close()
@@ -166,3 +219,5 @@ class Resources:
                 await store.close()
         if self._token_session is not None:
             await self._token_session.close()
+        if flush is not None:
+            await flush

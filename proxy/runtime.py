@@ -1,9 +1,10 @@
 """Compile a loaded config into one immutable ``Runtime``: everything the config files decide.
 
-Routes with their filter chains, the log policy, the notification settings, the drain timeout:
-all of it is one object, swapped in one assignment on reload, so a reload that reports success has
-applied the whole config, and requests in flight finish on the Runtime they started with. The
-long-lived objects it points at (clusters, providers, the log writer) come from ``Resources``.
+Routes with their filter chains, the log policy, the notification settings, the drain timeout, the
+tracer: all of it is one object, swapped in one assignment on reload, so a reload that reports
+success has applied the whole config, and requests in flight finish on the Runtime they started
+with. The long-lived objects it points at (clusters, providers, the tracer, the log writer) come
+from ``Resources``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from proxy.config.models import NotificationsConfig
 from proxy.config.templates import parse_template
 from proxy.filters import FilterContext, build_filters
 from proxy.oauth import TokenProvider
+from proxy.otel import Tracing
 from proxy.resources import Resources, Staged
 from proxy.routing import RouteTable
 from proxy.tracing import LanguagePicker
@@ -42,12 +44,14 @@ class Runtime:
     local_language: LanguagePicker          # for requests no route matched
     notifications: NotificationsConfig
     drain_timeout: float
+    tracing: Tracing                        # a long-lived resource, replaced only when its settings change
 
 
 def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) -> Runtime:
     """Build a Runtime. New long-lived objects go into ``staged``: the caller commits it once the
     whole runtime is in place, or discards it (even when this raises half-way)."""
     cfg = loaded.proxy
+    tracing = resources.tracing(cfg.tracing, staged)
     clusters = {name: resources.cluster(c, staged) for name, c in cfg.clusters.items()}
     providers = {
         name: resources.provider(c, cfg.token_cache, staged)
@@ -76,7 +80,7 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
         pass_back = {h.lower() for h in r.upstream.pass_back}
         if r.verify is not None:
             pass_back.add(r.verify.header.lower())  # the verifier reads it; a valid one passes through
-        forwarder = Forwarder(cluster, url, frozenset(pass_back), path_template)
+        forwarder = Forwarder(cluster, url, frozenset(pass_back), path_template, tracing=tracing)
         routes.append(
             CompiledRoute(
                 name=r.name,
@@ -110,5 +114,6 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
         local_language=LanguagePicker(frozenset(first.languages()), first.default_language),
         notifications=cfg.notifications,
         drain_timeout=cfg.drain_timeout,
+        tracing=tracing,
     )
     return runtime

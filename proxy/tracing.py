@@ -48,6 +48,20 @@ def child_traceparent(header: str | None) -> str:
     return f"00-{new_request_id()}-{_span_id()}-01"
 
 
+MAX_TRACESTATE = 512  # W3C Trace Context: a vendor may truncate past 512 characters; we forward or drop
+
+
+def forwarded_tracestate(traceparent: str | None, tracestate: str | None) -> str | None:
+    """The incoming ``tracestate``, unchanged, when it belongs to a valid incoming ``traceparent``
+    (W3C Trace Context: a proxy forwards it; without a valid parent it is discarded)."""
+    if not tracestate or not traceparent or len(tracestate) > MAX_TRACESTATE or not tracestate.isascii():
+        return None
+    m = _TRACEPARENT_RE.match(traceparent.strip().lower())
+    if not m or m.group(1) == "ff" or m.group(2) == "0" * 32 or m.group(3) == "0" * 16:
+        return None
+    return tracestate
+
+
 class LanguagePicker:
     """``pick_language`` with a small memo: apps send the same few Accept-Language values."""
 

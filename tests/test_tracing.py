@@ -1,8 +1,8 @@
 """Tracing against a real OTLP/HTTP receiver on loopback (protobuf decoded with opentelemetry-proto).
 
-Phase 1 drives the ``Tracing`` API directly, the way the listener and forwarder will: a SERVER span
-from the incoming headers, a CLIENT span per attempt whose traceparent goes upstream. The
-end-to-end through the app comes when the request path is wired.
+These drive the ``Tracing`` API directly, the way the listener and forwarder do: a SERVER span
+from the incoming headers, a CLIENT span per attempt whose traceparent goes upstream. The same
+through the whole app (and a ``serve`` process) is ``tests/test_tracing_e2e.py``.
 """
 
 from __future__ import annotations

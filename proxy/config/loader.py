@@ -38,6 +38,7 @@ from proxy.config.models import (
     Secret,
     SinkConfig,
     TokenCacheConfig,
+    TracingConfig,
     UpstreamRef,
     defaults,
 )
@@ -482,6 +483,30 @@ def _log(s: _Section) -> LogConfig:
     return cfg
 
 
+def _tracing(s: _Section) -> TracingConfig:
+    """The ``tracing:`` block; where spans go and which are kept come from ``OTEL_*`` (``proxy.otel``)."""
+    d = defaults(TracingConfig)
+    cfg = TracingConfig(
+        enabled=s.boolean("enabled", d["enabled"]),
+        max_queue_size=s.integer("max_queue_size", d["max_queue_size"], minimum=1),
+        max_export_batch_size=s.integer("max_export_batch_size", d["max_export_batch_size"], minimum=1),
+        schedule_delay=s.duration("schedule_delay", d["schedule_delay"]),
+        export_timeout=s.duration("export_timeout", d["export_timeout"]),
+        shutdown_timeout=s.duration("shutdown_timeout", d["shutdown_timeout"]),
+    )
+    for key in ("schedule_delay", "export_timeout", "shutdown_timeout"):
+        if getattr(cfg, key) <= 0:
+            s.ctx.error(s.line_of(key), s.key_path(key), f"must be more than 0, not {getattr(cfg, key):g}s; write e.g. 500ms or 5s")
+    if cfg.max_export_batch_size > cfg.max_queue_size:
+        key = "max_export_batch_size" if s.has("max_export_batch_size") else "max_queue_size"
+        s.ctx.error(
+            s.line_of(key), s.key_path(key),
+            f"{cfg.max_export_batch_size} is above max_queue_size {cfg.max_queue_size}; lower it or raise max_queue_size",
+        )
+    s.finish()
+    return cfg
+
+
 def _named(ctx: _Ctx, top: _Section, key: str) -> list[tuple[str, _Section]]:
     sec = top.section(key)
     out = []
@@ -546,6 +571,7 @@ def _parse_routes(ctx: _Ctx, data: LineDict) -> ProxyConfig | None:
     notifications = _notifications(top.section("notifications"))
     log = _log(top.section("log"))
     drain = top.duration("drain_timeout", d["drain_timeout"])
+    tracing = _tracing(top.section("tracing"))
     top.finish()
     return ProxyConfig(
         listen=listen,
@@ -557,6 +583,7 @@ def _parse_routes(ctx: _Ctx, data: LineDict) -> ProxyConfig | None:
         notifications=notifications,
         log=log,
         drain_timeout=drain,
+        tracing=tracing,
     )
 
 

@@ -224,6 +224,19 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """The ``tracing:`` block: what the ``OTEL_*`` variables do not cover (they say where spans go
+    and which are kept; see ``proxy.otel.config``). Every field has its default here, and only here."""
+
+    enabled: bool = True              # false turns tracing off even when an endpoint is set
+    max_queue_size: int = 2048        # ended spans waiting for export; past it spans are dropped (counted)
+    max_export_batch_size: int = 512  # spans per OTLP request
+    schedule_delay: Duration = 1.0    # between exports when the batch is not full
+    export_timeout: Duration = 5.0    # one OTLP request, retries included
+    shutdown_timeout: Duration = 2.0  # how long a shutdown (or a reload's swap) waits for the last export
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
     admin: AdminConfig = AdminConfig(ListenAddress("0.0.0.0", 9901))
@@ -234,3 +247,4 @@ class ProxyConfig:
     notifications: NotificationsConfig = NotificationsConfig()
     log: LogConfig = LogConfig()
     drain_timeout: Duration = 5.0
+    tracing: TracingConfig = TracingConfig()

@@ -38,7 +38,7 @@ from proxy.metrics import Metrics
 from proxy.oauth.client import REASONS, TokenClient, TokenFetchError
 from proxy.oauth.store import RedisTokenStore
 from proxy.oauth.token import Grant, Token
-from proxy.otel import Tracing
+from proxy.otel import Tracing, TracingRef
 
 # Backoff after a failed fetch, or after a background refresh that produced nothing newer.
 BACKOFF_BASE: Final = 0.5
@@ -82,13 +82,13 @@ class TokenProvider:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         on_fetch_failure: FetchFailureHook | None = None,
-        tracing: Tracing | None = None,
+        tracing: Tracing | TracingRef | None = None,
     ) -> None:
         self._name = config.name
         # A CLIENT span per call to the token endpoint, child of the request span that started the
         # flight (the flight task copies that request's context). Redis reads are span events, not
         # spans: they are sub-millisecond and usually absent (memory hits), so events keep traces cheap.
-        self._tracing = tracing if tracing is not None else Tracing.disabled()
+        self._tracing: Tracing | TracingRef = tracing if tracing is not None else Tracing.disabled()
         self._token_host, self._token_port = _host_port(config.token_url)
         self._refresh_before = max(0.0, config.refresh_before)
         self._client = TokenClient(config, session=session, clock=clock)
@@ -151,6 +151,8 @@ class TokenProvider:
         Only the rejected token is dropped, in memory and (compare-and-delete) in Redis: a newer
         token another request or replica already got is used as is, never thrown away.
         """
+        # On the rejecting request's span (this runs in its task, the flight may be another's).
+        self._tracing.event("token.invalidated", {"partner_proxy.provider": self._name})
         now = self._clock()
         held = self._held
         if held is not None:
@@ -251,7 +253,6 @@ class TokenProvider:
         now = self._clock()
         if rejected is not None:
             read = await store.discard(self._name, rejected, now)
-            self._tracing.event("token.invalidated", {"partner_proxy.provider": self._name})
         else:
             read = await store.get(self._name, now)
         if self._tracing.enabled:

@@ -1,7 +1,8 @@
 """OpenTelemetry tracing for the sidecar: off unless an OTLP endpoint is set, never global.
 
-``Tracing.from_env(os.environ, tracing_config_from(raw_tracing_block), metrics=metrics)`` builds
-one per app; ``Tracing.disabled()`` is the no-op. See ``proxy.otel.tracer`` for the request-path
+``Resources.tracing`` builds one per app from ``os.environ`` and ``ProxyConfig.tracing`` (the
+``tracing:`` block, ``TracingConfig``) and keeps it across reloads that leave the settings alone;
+``Tracing.disabled()`` is the no-op. See ``proxy.otel.tracer`` for the request-path
 calls, ``proxy.otel.attributes`` for what a span may carry, ``proxy.otel.processor`` for how
 export stays off the loop and how losses are counted.
 """
@@ -9,7 +10,7 @@ export stays off the loop and how losses are counted.
 from proxy.otel.attributes import ALLOWED, clean
 from proxy.otel.config import TRACING_KEYS, Settings, TracingConfig, TracingConfigError, tracing_config_from
 from proxy.otel.processor import DROP_REASONS, BoundedExportProcessor
-from proxy.otel.tracer import Span, Tracing, package_version, parse_traceparent
+from proxy.otel.tracer import Span, Tracing, TracingRef, package_version, parse_traceparent
 
 __all__ = [
     "ALLOWED",
@@ -19,6 +20,7 @@ __all__ = [
     "Settings",
     "Span",
     "Tracing",
+    "TracingRef",
     "TracingConfig",
     "TracingConfigError",
     "clean",

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from proxy.config.durations import parse_duration, show
+from proxy.config.models import TracingConfig  # the model (defaults live there); re-exported here
 
 log = logging.getLogger("proxy.otel")
 
@@ -39,18 +40,6 @@ SAMPLERS = (
 )
 DEFAULT_SAMPLER = "parentbased_always_on"  # the specification's default
 DEFAULT_SERVICE_NAME = "partner-proxy"
-
-
-@dataclass(frozen=True, slots=True)
-class TracingConfig:
-    """The ``tracing:`` block. Every field has its default here, and only here."""
-
-    enabled: bool = True              # false turns tracing off even when an endpoint is set
-    max_queue_size: int = 2048        # ended spans waiting for export; past it spans are dropped (counted)
-    max_export_batch_size: int = 512  # spans per OTLP request
-    schedule_delay: float = 1.0       # seconds between exports when the batch is not full
-    export_timeout: float = 5.0       # seconds for one OTLP request, retries included
-    shutdown_timeout: float = 2.0     # seconds a shutdown waits for the last export
 
 
 TRACING_KEYS = tuple(f.name for f in fields(TracingConfig))

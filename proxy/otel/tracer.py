@@ -30,7 +30,7 @@ import asyncio
 import contextvars
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import trace as trace_api
@@ -108,6 +108,10 @@ def parse_traceparent(header: str | None, tracestate: str | None) -> SpanContext
         except Exception:  # a bad tracestate never costs the trace, only its state
             state = TraceState()
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16) & 0x01), trace_state=state)
+
+
+def _no_span_id() -> int:
+    return 0
 
 
 class Span:
@@ -198,6 +202,7 @@ class Tracing:
         self._provider: TracerProvider | None = None
         self._processor: BoundedExportProcessor | None = None
         self._tracer: trace_api.Tracer | None = None
+        self._new_span_id: Callable[[], int] = _no_span_id
         if not self.enabled:
             return
         cfg = settings.config
@@ -231,6 +236,7 @@ class Tracing:
         self._provider.add_span_processor(self._processor)
         version = settings.resource.get("service.version")
         self._tracer = self._provider.get_tracer("partner-proxy", version)
+        self._new_span_id = self._provider.id_generator.generate_span_id
 
     @classmethod
     def from_env(
@@ -243,7 +249,12 @@ class Tracing:
         exporter: SpanExporter | None = None,
     ) -> Tracing:
         """Off (``enabled`` false) unless ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` is set."""
-        settings = settings_from(env, cfg or TracingConfig(), version or package_version())
+        return cls.from_settings(settings_from(env, cfg or TracingConfig(), version or package_version()), metrics=metrics, exporter=exporter)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, metrics: Any = None, exporter: SpanExporter | None = None) -> Tracing:
+        """``from_env`` for settings already read (``Resources`` reads the env once, then per reload
+        only the ``tracing:`` block changes). Logs where spans go when on."""
         tracing = cls(settings, metrics=metrics, exporter=exporter)
         if tracing.enabled:
             log.info(
@@ -285,14 +296,16 @@ class Tracing:
             return None
         parent = parse_traceparent(traceparent, tracestate)
         ctx = trace_api.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
-        attrs: dict[str, Any] = {"http.request.method": method, "http.route": route}
-        if path is not None:
-            attrs["url.path"] = path
-        if attributes:
-            attrs.update(attributes)
-        span = tracer.start_span(
-            f"{method} {route}", ctx, SpanKind.SERVER, clean(attrs), start_time=start_ns, record_exception=False, set_status_on_exception=False
-        )
+        # No attribute goes to the sampler (none of ours reads them): an unsampled span skips the
+        # allow-list check altogether.
+        span = tracer.start_span(f"{method} {route}", ctx, SpanKind.SERVER, None, start_time=start_ns, record_exception=False, set_status_on_exception=False)
+        if span.is_recording():
+            attrs: dict[str, Any] = {"http.request.method": method, "http.route": route}
+            if path is not None:
+                attrs["url.path"] = path
+            if attributes:
+                attrs.update(attributes)
+            span.set_attributes(clean(attrs))
         state = tracestate if parent is not None and tracestate and len(tracestate) <= _MAX_TRACESTATE else None
         return Span(span, state)
 
@@ -312,6 +325,13 @@ class Tracing:
         tracer = self._tracer
         if tracer is None:
             return None
+        if parent is not None and not parent._span.is_recording():
+            # Every sampler we build drops the child of a dropped span (parent-based: its parent is
+            # unsampled; ratio: the same trace id; always_off). Only its ids are needed, for the
+            # traceparent sent upstream: skip the SDK's sampling and span set-up.
+            pctx = parent._span.get_span_context()
+            ids = SpanContext(pctx.trace_id, self._new_span_id(), is_remote=False, trace_flags=pctx.trace_flags, trace_state=pctx.trace_state)
+            return Span(NonRecordingSpan(ids), parent.tracestate)
         ctx = trace_api.set_span_in_context(parent._span) if parent is not None else None
         attrs = dict(attributes) if attributes else {}
         if attempt is not None:
@@ -377,6 +397,43 @@ class Tracing:
         """``shutdown`` off the loop (in a thread); for cleanup_ctx and reload's swap of the old one."""
         if self._processor is not None:
             await asyncio.to_thread(self.shutdown, timeout)
+
+
+class TracingRef:
+    """The running ``Tracing``, for objects that outlive a reload (token providers, breakers).
+
+    A reload that changes the tracing settings builds a new ``Tracing`` and closes the old one;
+    ``Resources`` points this at the new one in the same step as the runtime swap, so a provider
+    or breaker built before keeps tracing into the live one. It has the calls they make.
+    """
+
+    __slots__ = ("tracing",)
+
+    def __init__(self, tracing: Tracing) -> None:
+        self.tracing = tracing
+
+    @property
+    def enabled(self) -> bool:
+        return self.tracing.enabled
+
+    def current(self) -> Span | None:
+        return self.tracing.current()
+
+    def event(self, name: str, attributes: Mapping[str, Any] | None = None) -> None:
+        self.tracing.event(name, attributes)
+
+    def client_span(
+        self,
+        parent: Span | None,
+        name: str,
+        *,
+        attempt: int | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        start_ns: int | None = None,
+    ) -> Span | None:
+        return self.tracing.client_span(parent, name, attempt=attempt, attributes=attributes, start_ns=start_ns)
+
+    end = staticmethod(Tracing.end)
 
 
 def _endpoint_for_log(endpoint: str | None) -> str:

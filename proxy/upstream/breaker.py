@@ -27,6 +27,7 @@ import pybreaker
 from proxy.config.models import BreakerConfig
 from proxy.errors import CircuitOpen, UpstreamError
 from proxy.metrics import Metrics
+from proxy.otel import Tracing, TracingRef
 
 _STATE_NAMES = {pybreaker.STATE_CLOSED: "closed", pybreaker.STATE_OPEN: "open", pybreaker.STATE_HALF_OPEN: "half_open"}
 
@@ -62,8 +63,12 @@ class BreakerGuard:
         config: BreakerConfig,
         metrics: Metrics,
         on_open: Callable[[str], None] | None = None,
+        tracing: Tracing | TracingRef | None = None,
     ) -> None:
         self.cluster = cluster
+        # Transitions happen inside an attempt (admit or record), in the request's task: the event
+        # lands on that request's span, if it has one.
+        self._tracing: Tracing | TracingRef = tracing if tracing is not None else Tracing.disabled()
         self.config = config
         self._metrics = metrics
         self._on_open = on_open
@@ -97,6 +102,9 @@ class BreakerGuard:
             return
         self._metrics.breaker_transitions.labels(self.cluster, old, new).inc()
         self._metrics.set_breaker_state(self.cluster, new)
+        self._tracing.event(
+            "breaker.transition", {"partner_proxy.cluster": self.cluster, "partner_proxy.breaker_from": old, "partner_proxy.breaker_to": new}
+        )
         if new == "open" and self._on_open is not None:
             try:
                 self._on_open(self.cluster)

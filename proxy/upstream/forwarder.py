@@ -15,9 +15,10 @@ import time
 
 from yarl import URL
 
-from proxy.errors import UpstreamError
+from proxy.errors import ProxyError, UpstreamError
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.headers import BadHeaderValue, answer_headers, wire_headers
+from proxy.otel import Span, Tracing
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.transport import IDEMPOTENT, Event, Phase, UpstreamAnswer, UpstreamRequest, wire_error
 
@@ -28,12 +29,22 @@ DEFAULT_BODY_LIMIT = 1024 * 1024  # a body route without its own limit (the body
 class Forwarder:
     """Built once per route: the upstream URL and the partner headers passed back are prepared here."""
 
-    def __init__(self, cluster: Cluster, url: URL, pass_back: frozenset[str] = frozenset(), path_template: str | None = None) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        url: URL,
+        pass_back: frozenset[str] = frozenset(),
+        path_template: str | None = None,
+        *,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.cluster = cluster
         self.url = url
         # "/api/v2/order/{request_id}": the cluster's base path + the route's upstream template,
         # filled per request with values routing has checked (unreserved characters only).
         self.path_template = path_template
+        self.tracing = tracing if tracing is not None else Tracing.disabled()
+        self._span_attrs = {"server.address": url.host, "server.port": url.port, "partner_proxy.cluster": cluster.name}
         self.pass_back = pass_back  # lower-case names of partner headers handed back besides Content-Type
         retry = cluster.config.retry
         self.retry_on = frozenset(retry.retry_on)
@@ -60,22 +71,50 @@ class Forwarder:
                 attempt += 1
                 ex.attempts += 1
                 ex.breaker_state = cluster.breaker.state
+                span = ex.span
+                if span is None:
+                    request, client = upstream, None
+                else:
+                    request, client = self._traced(ex, span, upstream)
                 try:
-                    response = await self._attempt(upstream)
+                    response = await self._attempt(request)
                 except UpstreamError as exc:
+                    if client is not None:
+                        client.end(None, exc.type)
                     if (
                         may_retry and exc.retryable and attempt < self.max_attempts and exc.kind in self.retry_on
                         and self._breaker_allows() and self._may_retry(exc.kind)
                     ):
+                        if span is not None:
+                            span.add_event("retry", {"partner_proxy.attempt": ex.attempts, "partner_proxy.retry_reason": exc.kind})
                         await self._backoff(attempt)
                         continue
                     raise
+                except BaseException as exc:  # the breaker refused, the pool overflowed, or the app went away
+                    if client is not None:
+                        client.end(None, exc.type if isinstance(exc, ProxyError) else "cancelled")
+                    raise
+                if client is not None:
+                    client.end(response.status)
                 if response.status >= 500 and may_retry and attempt < self.max_attempts and "5xx" in self.retry_on and self._breaker_allows() and self._may_retry("5xx"):
+                    if span is not None:
+                        span.add_event("retry", {"partner_proxy.attempt": ex.attempts, "partner_proxy.retry_reason": f"status_{response.status}"})
                     await self._backoff(attempt)
                     continue
                 return response
         finally:
             cluster.leave()
+
+    def _traced(self, ex: Exchange, span: Span, upstream: UpstreamRequest) -> tuple[UpstreamRequest, Span | None]:
+        """This attempt's CLIENT span, and the request carrying its id in ``traceparent``."""
+        client = self.tracing.client_span(
+            span, f"{ex.method} {self.cluster.name}", attempt=ex.attempts, attributes={"http.request.method": ex.method, **self._span_attrs}
+        )
+        if client is None:  # this runtime's tracer was closed by a reload mid-request
+            return upstream, None
+        traceparent = ex.traceparent = client.traceparent
+        headers = [(n, traceparent) if n.lower() == "traceparent" else (n, v) for n, v in upstream.headers]
+        return UpstreamRequest(upstream.method, upstream.target, headers, upstream.body), client
 
     def _breaker_allows(self) -> bool:
         # The attempt that tripped the breaker answers with its own failure, not a 503 for its retry.
