@@ -501,11 +501,11 @@ CONFIG_DEFECTS = {
     ),
     "superscript-port": (
         "routes", ROUTES_TEXT.replace("${PROXY_LISTEN:-127.0.0.1:8080}", "127.0.0.1:\u00b2"),
-        "loader._listen checks port.isdigit(), which is true for '²', then int() raises ValueError",
+        "reader.listen_address checks port.isdigit(), which is true for '²', then int() raises ValueError",
     ),
     "superscript-http-status": (
         "errors", ERRORS_TEXT.replace("http_status: [401]", 'http_status: ["4\u00b2"]'),
-        "loader._rule checks st.isdigit(), which is true for '4²', then int() raises ValueError",
+        "errors_file._rule checks st.isdigit(), which is true for '4²', then int() raises ValueError",
     ),
 }
 
