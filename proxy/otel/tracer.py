@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from proxy.tracing import MAX_TRACESTATE  # the one bound, shared with tracing-off propagation
 from proxy.otel.attributes import clean, event_name
 from proxy.otel.config import SamplerSpec, Settings, TracingConfig, settings_from
 from proxy.otel.processor import BoundedExportProcessor
@@ -46,7 +47,6 @@ from proxy.otel.processor import BoundedExportProcessor
 log = logging.getLogger("proxy.otel")
 
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-_MAX_TRACESTATE = 512  # W3C: vendors must propagate at least 512 characters; longer ones are dropped
 
 # The span of the request being handled, per asyncio task context (a request's handler task and
 # the token-fetch task it starts, which copies its context). A context slot, not shared state:
@@ -306,7 +306,7 @@ class Tracing:
             if attributes:
                 attrs.update(attributes)
             span.set_attributes(clean(attrs))
-        state = tracestate if parent is not None and tracestate and len(tracestate) <= _MAX_TRACESTATE else None
+        state = tracestate if parent is not None and tracestate and len(tracestate) <= MAX_TRACESTATE else None
         return Span(span, state)
 
     def client_span(
