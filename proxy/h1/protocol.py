@@ -33,19 +33,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import ExpectationFailed, ProxyError
 from proxy.h1.downstream import H1Request
+from proxy.h1.limits import H1Limits
 from proxy.h1.response import CONTINUE, UnsafeHeader, encode_reply, plain
+from proxy.h1.ticker import Ticker
+from proxy.listener import Listener
 from proxy.reply import Reply, error_reply
 from proxy.tracing import request_id_from
-
-if TYPE_CHECKING:
-    from proxy.h1.server import H1Server
 
 log = logging.getLogger("proxy.h1")
 
@@ -67,6 +67,17 @@ class _Reject(Exception):
         self.status = status
 
 
+class ServerSide(Protocol):
+    """What a connection needs from its server (``proxy.h1.server.H1Server``)."""
+
+    listener: Listener
+    limits: H1Limits
+    ticker: Ticker
+    loop: asyncio.AbstractEventLoop
+    connections: set[H1Protocol]
+    closing: bool
+
+
 class H1Protocol(asyncio.Protocol):
     __slots__ = (
         "_server", "_limits", "_ticker", "_listener", "_loop", "transport", "_parser", "_queue",
@@ -75,7 +86,7 @@ class H1Protocol(asyncio.Protocol):
         "_error",
     )
 
-    def __init__(self, server: H1Server) -> None:
+    def __init__(self, server: ServerSide) -> None:
         self._server = server
         self._limits = server.limits
         self._ticker = server.ticker
