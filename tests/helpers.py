@@ -17,6 +17,7 @@ from yarl import URL
 from proxy.admin import build_admin_app
 from proxy.app import build_data_app, build_state, data_server
 from proxy.config import LoadedConfig, load_config
+from proxy.h1.limits import H1Limits
 from proxy.h1.server import H1Server
 from proxy.listener import Listener
 from proxy.sandbox import SANDBOX_STATE, SandboxState
@@ -98,9 +99,10 @@ class H1TestServer(BaseTestServer):
     ``aiohttp_client`` takes: the state opens on start and closes with the client, like the data app's
     cleanup_ctx did."""
 
-    def __init__(self, state: ProxyState) -> None:
+    def __init__(self, state: ProxyState, limits: H1Limits | None = None) -> None:
         super().__init__(host="127.0.0.1")
         self.state = state
+        self.limits = limits
         self.h1: H1Server | None = None
         self.listener: Listener | None = None
 
@@ -116,7 +118,7 @@ class H1TestServer(BaseTestServer):
             return
         await self.state.open()
         self.listener = Listener(self.state.current)
-        self.h1 = H1Server(self.listener)
+        self.h1 = H1Server(self.listener, self.limits)
         await self.h1.start("127.0.0.1", 0)
         self.port = self.h1.port
         self.scheme = "http"

@@ -165,6 +165,8 @@ class H1Protocol(asyncio.Protocol):
             self._fail(400)
         if self._active is None and not self._queue:
             self._close()
+        else:
+            self._next()
         return True
 
     def pause_writing(self) -> None:
@@ -258,7 +260,7 @@ class H1Protocol(asyncio.Protocol):
             if isinstance(item, int):
                 self._queue.clear()
                 self._write(plain(item, self._ticker.date))
-                self._close()
+                self._close_gracefully()
                 return
             self._active = item
             if item.local_error is not None:
@@ -316,7 +318,7 @@ class H1Protocol(asyncio.Protocol):
             self._set_deadline(_LINGER, self._limits.linger_timeout)
         else:
             self._stop_parsing()
-            self._close()
+            self._close_gracefully()
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self._closed:
@@ -382,6 +384,20 @@ class H1Protocol(asyncio.Protocol):
 
     def _stop_parsing(self) -> None:
         self._stopped = True
+
+    def _close_gracefully(self) -> None:
+        """Send FIN after the answer and drop what the client still sends, for ``linger_timeout``:
+        closing a socket with unread bytes makes the kernel send a reset, and a reset can destroy
+        the answer before the client read it (a 431 to a client still sending its headers)."""
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        self._stopped = True
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._set_deadline(_LINGER, self._limits.linger_timeout)
+        else:
+            self._close()
 
     def _close(self) -> None:
         if self.transport is not None and not self._closed:
