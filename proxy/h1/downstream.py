@@ -34,25 +34,26 @@ class BodyIncomplete(DownstreamError):
         return "The request body did not arrive complete."
 
 
-def split_target(target: str) -> tuple[str, str]:
-    """(decoded path, raw query string) of a request target in any of the four forms."""
+def split_target(target: str) -> tuple[str, str, str]:
+    """(decoded path, raw path, raw query string) of a request target in any of the four forms."""
     if target.startswith("/"):
         path, _, rest = target.partition("?")
         query = rest.partition("#")[0]
+        raw = path.partition("#")[0]
         if "%" in path or "#" in path:
-            path = URL.build(path=path.partition("#")[0], encoded=True).path
-        return path, query
+            path = URL.build(path=raw, encoded=True).path
+        return path, raw, query
     if "://" in target:  # absolute-form: RFC 9112 3.2.2, the authority is ignored
         url = URL(target, encoded=True)
-        return url.path, url.raw_query_string
-    return target, ""  # asterisk-form ("*") and authority-form ("host:port"): never a route
+        return url.path, url.raw_path, url.raw_query_string
+    return target, target, ""  # asterisk-form ("*") and authority-form ("host:port"): never a route
 
 
 class H1Request:
     """``Downstream`` over one parsed HTTP/1.x request."""
 
     __slots__ = (
-        "method", "path", "headers", "has_body", "version", "keep_alive", "query_string", "local_error",
+        "method", "path", "raw_path", "headers", "has_body", "version", "keep_alive", "query_string", "local_error",
         "_query", "_body", "_complete", "_too_large", "_waiter", "_wait_limit", "discard", "content_length",
         "max_buffer", "_abandoned",
     )
@@ -69,7 +70,9 @@ class H1Request:
         max_buffer: int,
     ) -> None:
         self.method = method
-        self.path, self.query_string = split_target(target)
+        # ``path`` is decoded (as aiohttp's request.path was); ``raw_path`` keeps the percent-escapes
+        # for whoever must tell ``a%2Fb`` from ``a/b`` (path parameters)
+        self.path, self.raw_path, self.query_string = split_target(target)
         self.headers = headers
         self.version = version
         self.keep_alive = keep_alive

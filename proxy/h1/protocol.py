@@ -376,6 +376,11 @@ class H1Protocol(asyncio.Protocol):
             self._stop_parsing()
             self._close()
 
+    @property
+    def busy(self) -> bool:
+        """A request is being answered on this connection."""
+        return self._active is not None and not self._closed
+
     def drain(self) -> None:
         """The server stops: close now if idle; otherwise the current answer says ``Connection: close``."""
         if self._active is None and not self._queue and self._receiving is None and not self._in_head:

@@ -17,6 +17,8 @@ from proxy.h1.protocol import H1Protocol
 from proxy.h1.ticker import Ticker
 from proxy.listener import Listener
 
+FLUSH_WAIT = 1.0  # seconds close() waits for answers of requests that are finishing
+
 
 class H1Server:
     def __init__(self, listener: Listener, limits: H1Limits | None = None) -> None:
@@ -50,7 +52,13 @@ class H1Server:
             conn.drain()
 
     async def close(self) -> None:
+        """End every connection. A request whose dispatch just finished is still written first (its
+        answer is written from the Task's done callback, after ``Listener.wait_idle`` saw it finish);
+        that wait is bounded by ``FLUSH_WAIT``."""
         await self.stop_accepting()
+        deadline = self.loop.time() + FLUSH_WAIT
+        while any(conn.busy for conn in self.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn.abort()
         if self._server is not None:

@@ -9,8 +9,11 @@ long and need no precision below the tick. Connections register themselves and e
 from __future__ import annotations
 
 import asyncio
+import logging
 from email.utils import formatdate
 from typing import Protocol
+
+log = logging.getLogger("proxy.h1")
 
 
 class Timed(Protocol):
@@ -46,5 +49,8 @@ class Ticker:
         self._update()
         now = self.now
         for conn in [c for c in self.connections if c.deadline and c.deadline <= now]:
-            conn.expire(now)
+            try:
+                conn.expire(now)
+            except Exception:  # one connection's bug must not stop every other connection's timeouts
+                log.exception("bug expiring a connection")
         self._handle = self._loop.call_later(self._interval, self._tick)
