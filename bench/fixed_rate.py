@@ -33,7 +33,8 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-async def load(url: str, headers: dict[str, str], rate: float, duration: float, warmup: int, timeout: float) -> dict[str, object]:
+async def load(url: str, headers: dict[str, str], rate: float, duration: float, warmup: int, timeout: float,
+               method: str = "GET", payload: bytes | None = None) -> dict[str, object]:
     latencies: list[float] = []
     lags: list[float] = []
     statuses: collections.Counter[str] = collections.Counter()
@@ -44,7 +45,7 @@ async def load(url: str, headers: dict[str, str], rate: float, duration: float, 
     async with ClientSession(connector=connector, timeout=ClientTimeout(total=timeout)) as session:
         # Open a few keep-alive connections first so connection setup is not measured.
         for _ in range(warmup):
-            async with session.get(url, headers=headers) as resp:
+            async with session.request(method, url, headers=headers, data=payload) as resp:
                 await resp.read()
 
         # Client-side GC pauses would be charged to whichever target is running: keep the collector
@@ -57,7 +58,7 @@ async def load(url: str, headers: dict[str, str], rate: float, duration: float, 
             start = time.perf_counter()
             lags.append(start - scheduled)
             try:
-                async with session.get(url, headers=headers) as resp:
+                async with session.request(method, url, headers=headers, data=payload) as resp:
                     body = await resp.read()
                     status = resp.status
             except (TimeoutError, ClientError, OSError) as exc:
@@ -118,6 +119,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50, help="sequential requests before measuring (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
     parser.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeatable)")
+    parser.add_argument("--method", default="GET", help="request method (default %(default)s)")
+    parser.add_argument("--body-file", help="send this file's bytes as the request body")
     args = parser.parse_args()
     headers = {}
     for h in args.header:
@@ -129,7 +132,11 @@ def main() -> int:
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    result = asyncio.run(load(args.url, headers, args.rate, args.duration, args.warmup, args.timeout))
+    payload = None
+    if args.body_file:
+        with open(args.body_file, "rb") as f:
+            payload = f.read()
+    result = asyncio.run(load(args.url, headers, args.rate, args.duration, args.warmup, args.timeout, args.method, payload))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

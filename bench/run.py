@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 sys.path.insert(0, str(REPO))  # the partner's catalogue comes from the sandbox, not a copy of it
 from proxy.sandbox.catalogue import PRODUCTS  # noqa: E402
+from bench.routes import BenchRoute, extra_routes  # noqa: E402
 RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -403,6 +404,7 @@ class Target:
     fixed_rate_url: str | None = None
     admin_port: int | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
+    route: BenchRoute | None = None  # an extra sidecar route (bench/routes.py); None: GET /v1/products
 
 
 def nginx_conf(tmp: Path, name: str, port: int, body: str) -> Path:
@@ -436,12 +438,13 @@ http {{
     return conf
 
 
-def upstream_nginx_body(port: int) -> str:
+def upstream_nginx_body(port: int, extra: str = "") -> str:
     return f"""    server {{
         listen {HOST}:{port} backlog=4096;
         default_type application/json;
         location = /token {{ return 200 '{TOKEN_BODY}'; }}
         location = {UPSTREAM_PATH} {{ return 200 '{PRODUCTS_BODY}'; }}
+{extra}
         location / {{ return 404 '{{"errors":[{{"code":"P04","detail":"not found"}}]}}'; }}
     }}"""
 
@@ -485,13 +488,15 @@ class Bench:
         self.sink: Child | None = None
         self.sink_url = ""
         self.spans: dict[str, dict[str, float]] = {}  # --tracing: per traced target, spans exported/dropped
+        self.extra: list[BenchRoute] = []
 
     # ---- setup
 
     def start_all(self) -> None:
         a = self.args
         up_port = free_port()
-        conf = nginx_conf(self.tmp, "upstream", up_port, upstream_nginx_body(up_port))
+        self.extra = extra_routes(self.tmp)
+        conf = nginx_conf(self.tmp, "upstream", up_port, upstream_nginx_body(up_port, "".join(r.upstream for r in self.extra)))
         self.upstream = self.procs.start("upstream-nginx", ["nginx", "-p", str(self.tmp), "-e", str(self.tmp / "upstream-error.log"), "-c", str(conf)],
                                          cpu=a.upstream_cpu, stderr_path=self.tmp / "upstream.stderr")
         self.upstream.log_path = self.tmp / "upstream.stderr"
@@ -521,6 +526,9 @@ class Bench:
 
         self.sidecar = self._start_sidecar("partner-proxy", up)  # tracing off: no OTEL_* endpoint
         self.targets.append(self.sidecar)
+        for r in self.extra:  # bench/routes.py: more routes of the same sidecar process
+            self.targets.append(Target(f"partner-proxy {r.name}", self.sidecar.url.replace(APP_PATH, r.path), self.sidecar.child,
+                                       admin_port=self.sidecar.admin_port, route=r))
         if a.tracing:
             # A loopback OTLP sink (pinned beside redis) and two more sidecars exporting to it, at
             # 10 % and 100 % of new traces (wrk sends no traceparent: the ratio decides).
@@ -537,7 +545,7 @@ class Bench:
                     "OTEL_TRACES_SAMPLER_ARG": ratio,
                     "OTEL_SERVICE_NAME": "partner-proxy-bench",
                 }))
-        self.servers += [t.child for t in self.targets]
+        self.servers += list({id(t.child): t.child for t in self.targets}.values())
         log(f"up: upstream nginx :{up_port}, redis :{self.redis_port}, nginx-proxy, bare-aiohttp, "
             + ", ".join(f"{t.name} :{t.url.split(':')[2].split('/')[0]} (admin :{t.admin_port})" for t in self.targets if t.admin_port)
             + (f", OTLP sink {self.sink_url}" if a.tracing else "") + f"; pinning {'on' if self.pin else 'off'}")
@@ -553,6 +561,7 @@ class Bench:
             "TOKOPEDIA_CLIENT_ID": "bench-client",
             "TOKOPEDIA_CLIENT_SECRET": "bench-secret",
             "REDIS_URL": f"redis://{HOST}:{self.redis_port}/0",
+            **{k: v for r in self.extra for k, v in r.env.items()},  # keys for the signed / verified routes
             **(extra or {}),
         })
         if not extra:  # the plain sidecar: never export, whatever the caller's environment says
@@ -590,6 +599,9 @@ class Bench:
     def sanity_check(self) -> None:
         """One request per target: status, and whether the body is the partner's, byte for byte."""
         for t in self.targets:
+            if t.route is not None:
+                self.sanity[t.name] = "extra route: not compared with the product list"
+                continue
             try:
                 status, headers, body = http_get(t.url, APP_HEADERS, timeout=5)
             except OSError as exc:
@@ -604,10 +616,14 @@ class Bench:
 
     # ---- measuring
 
-    def wrk(self, url: str, seconds: float) -> dict[str, Any]:
+    def wrk(self, url: str, seconds: float, route: BenchRoute | None = None) -> dict[str, Any]:
         argv = ["wrk", "-t1", f"-c{self.args.connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
-        for k, v in APP_HEADERS.items():
+        for k, v in {**APP_HEADERS, **(route.headers if route else {})}.items():
             argv += ["-H", f"{k}: {v}"]
+        if route is not None and (route.method != "GET" or route.body):
+            script = self.tmp / f"wrk-{re.sub(r'[^A-Za-z0-9]', '_', route.name)}.lua"
+            script.write_text(f"wrk.method = {json.dumps(route.method)}\nwrk.body = {json.dumps(route.body.decode())}\n")
+            argv += ["-s", str(script)]
         argv.append(url)
         proc = self.procs.run(argv, cpu=self.args.client_cpu, timeout=seconds + 30)
         if proc.returncode != 0:
@@ -616,11 +632,15 @@ class Bench:
         res["raw"] = proc.stdout
         return res
 
-    def fixed_rate(self, url: str) -> dict[str, Any]:
+    def fixed_rate(self, url: str, route: BenchRoute | None = None) -> dict[str, Any]:
         a = self.args
         argv = [sys.executable, str(BENCH / "fixed_rate.py"), "--url", url, "--rate", f"{a.rate:g}", "--duration", f"{a.rate_duration:g}"]
-        for k, v in APP_HEADERS.items():
+        for k, v in {**APP_HEADERS, **(route.headers if route else {})}.items():
             argv += ["-H", f"{k}: {v}"]
+        if route is not None:
+            body = self.tmp / f"body-{re.sub(r'[^A-Za-z0-9]', '_', route.name)}"
+            body.write_bytes(route.body)
+            argv += ["--method", route.method, "--body-file", str(body)]
         proc = self.procs.run(argv, cpu=a.client_cpu, timeout=a.rate_duration + 60)
         if proc.returncode != 0:
             raise BenchError(f"fixed-rate client failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -630,14 +650,14 @@ class Bench:
         a = self.args
         assert self.upstream is not None
         self.wait_quiet()
-        self.wrk(t.url, a.warmup)  # warm-up: connections, caches, token, JIT-free but allocator-warm
+        self.wrk(t.url, a.warmup, t.route)  # warm-up: connections, caches, token, JIT-free but allocator-warm
         is_sidecar = t.admin_port is not None
         servers = [c.pid for c in self.servers]
         sys0, own0 = system_cpu(), own_cpu(servers)
         cpu0, up0, w0 = tree_cpu_seconds(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
         redis0 = redis_calls(self.redis_port)
         met0 = scrape_requests_total(t.admin_port) if is_sidecar and t.admin_port else {}
-        run = self.wrk(t.url, a.duration)
+        run = self.wrk(t.url, a.duration, t.route)
         cpu1, up1, w1 = tree_cpu_seconds(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
         sys1, own1 = system_cpu(), own_cpu(servers)
         redis1 = redis_calls(self.redis_port)
@@ -662,7 +682,7 @@ class Bench:
         if errors:
             res["wrk_raw"] = run["raw"]
         time.sleep(a.settle)  # let the target finish whatever the closed loop left behind (e.g. log backlog)
-        res["fixed"] = self.fixed_rate(t.url)
+        res["fixed"] = self.fixed_rate(t.url, t.route)
         fx = res["fixed"]
         log(f"rep {rep + 1} {t.name:<14} {run['rps']:>9.0f} req/s  p50 {run.get('p50_ms', 0):.3f} ms  p99 {run.get('p99_ms', 0):.3f} ms  "
             f"{res['cpu_us_per_req']:.1f} us/req (server {res['server_cpu_pct']:.0f}% / upstream {res['upstream_cpu_pct']:.0f}% of a core)  "
@@ -938,7 +958,7 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
             ap50 = None if s["fx_p50"] is None or d["fx_p50"] is None else s["fx_p50"] - d["fx_p50"]
             ap99 = None if s["fx_p99"] is None or d["fx_p99"] is None else s["fx_p99"] - d["fx_p99"]
             added = f"{fmt(ap50, '+.3f')} / {fmt(ap99, '+.3f')}"
-        lines.append(f"| {TARGET_LABELS[t.name]}{flag} | {fmt(s['rps'], ',.0f')} | {fmt(s['p50'], '.3f')} | {fmt(s['p99'], '.3f')} | "
+        lines.append(f"| {TARGET_LABELS.get(t.name, t.name)}{flag} | {fmt(s['rps'], ',.0f')} | {fmt(s['p50'], '.3f')} | {fmt(s['p99'], '.3f')} | "
                      f"{fmt(s['cpu'], '.1f')} | {added} |")
     pp, bare, ngx = summary["partner-proxy"], summary["bare-aiohttp"], summary["nginx-proxy"]
 
@@ -963,6 +983,24 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         sink = bench.spans.get("sink", {})
         lines.append(f"- partner-proxy tracing, CPU us/req (OTLP/HTTP to a loopback sink, parentbased_traceidratio): {'; '.join(parts)}; "
                      f"sink got {sink.get('exports', 0):,} exports, {sink.get('bytes', 0) / 1e6:.1f} MB")
+    for t in bench.targets:  # extra routes (bench/routes.py): against nginx, like the main row
+        if t.route is not None:
+            s = summary[t.name]
+            lines.append(f"- {t.name} / nginx reverse proxy: throughput ×{ratio(s['rps'], ngx['rps'], '.3f')}, CPU per request ×{ratio(s['cpu'], ngx['cpu'], '.1f')}")
+    added99 = None if pp["fx_p99"] is None or d["fx_p99"] is None else pp["fx_p99"] - d["fx_p99"]
+
+    def goal(ok: bool | None, text: str) -> str:
+        return f"  - {'met' if ok else ('n/a' if ok is None else 'NOT met')}: {text}"
+
+    cpu_x = pp["cpu"] / ngx["cpu"] if pp["cpu"] and ngx["cpu"] else None
+    rps_x = pp["rps"] / ngx["rps"] if pp["rps"] and ngx["rps"] else None
+    lines += [
+        "- goals (issue #16, this run):",
+        goal(None if cpu_x is None else cpu_x <= 2.5, f"CPU per request ≤ 2.5× nginx's (×{fmt(cpu_x, '.2f')})"),
+        goal(None if rps_x is None else rps_x >= 0.4, f"throughput ≥ 0.4× nginx's (×{fmt(rps_x, '.3f')})"),
+        goal(None if added99 is None else added99 <= 0.5, f"added p99 at {a.rate:g} req/s ≤ +0.5 ms ({fmt(added99, '+.3f')} ms)"),
+        goal(None if pp["redis_per_req"] is None else pp["redis_per_req"] < 0.001, f"0 Redis commands per request ({fmt(pp['redis_per_req'], '.4f')})"),
+    ]
     mem = bench.memory
     rss = f"RSS {fmt(mem.get('rss_start_mib'), '.1f')} MiB at start → {fmt(mem.get('rss_after_runs_mib'), '.1f')} MiB after {mem.get('requests_before_rss_after', 0):,} measured requests"
     if "rss_after_memory_mib" in mem:

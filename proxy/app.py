@@ -7,6 +7,7 @@ each time and the process can hold several (``demo`` runs the sandbox beside the
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import IO
 
@@ -23,6 +24,18 @@ from proxy.resources import Resources
 from proxy.state import STATE, ProxyState
 
 LISTENER = web.AppKey("proxy_listener", Listener)
+
+DATA_SERVER_ENV = "PARTNER_PROXY_DATA_SERVER"
+
+
+def data_server() -> str:
+    """Which server runs the data listener: ``h1`` (proxy/h1, the default) or ``aiohttp`` (the
+    previous adapter, kept as a fallback). An environment switch rather than a routes.yaml key: it is
+    a deployment decision read once at start-up, and a reload cannot swap servers under open sockets."""
+    value = os.environ.get(DATA_SERVER_ENV, "h1").strip().lower() or "h1"
+    if value not in ("h1", "aiohttp"):
+        raise ValueError(f"{DATA_SERVER_ENV}={value!r}: use h1 or aiohttp")
+    return value
 
 
 def build_state(loaded: LoadedConfig, *, registry: CollectorRegistry | None = None, log_stream: IO[str] | None = None) -> ProxyState:

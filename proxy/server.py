@@ -13,8 +13,10 @@ from collections.abc import Callable
 from aiohttp import web
 
 from proxy.admin import build_admin_app
-from proxy.app import LISTENER, build_data_app, build_state
+from proxy.app import LISTENER, build_data_app, build_state, data_server
 from proxy.config import LoadedConfig
+from proxy.h1.server import H1Server
+from proxy.listener import Listener
 from proxy.state import ProxyState
 
 log = logging.getLogger("proxy.server")
@@ -81,9 +83,38 @@ class Server:
         self.data_runner: web.AppRunner | None = None
         self.data_site: web.TCPSite | None = None
         self.admin_runner: web.AppRunner | None = None
+        self.h1: H1Server | None = None
+        self.listener: Listener | None = None
         self._signals = 0
 
     async def start(self) -> None:
+        cfg = self.loaded.proxy
+        if data_server() == "h1":
+            await self._start_h1()
+        else:
+            await self._start_aiohttp()
+        self.state.data_up = True
+        self.admin_runner = web.AppRunner(build_admin_app(self.state), access_log=None, handle_signals=False)
+        await self.admin_runner.setup()
+        await web.TCPSite(self.admin_runner, cfg.admin.listen.host, cfg.admin.listen.port, reuse_port=self.reuse_port or None).start()
+        self.state.admin_up = True
+        log.info("listening: data %s (%s), admin %s", cfg.listen, data_server(), cfg.admin.listen)
+
+    async def _start_h1(self) -> None:
+        """The data listener on proxy.h1 (the default): the state opens here, not in a cleanup_ctx."""
+        cfg = self.loaded.proxy
+        await self.state.open()
+        self.listener = Listener(self.state.current)
+        self.h1 = H1Server(self.listener)
+        try:
+            await self.h1.start(cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port)
+        except BaseException:
+            self.h1 = None
+            await self.state.close()
+            raise
+
+    async def _start_aiohttp(self) -> None:
+        """The aiohttp data listener, kept as a fallback (PARTNER_PROXY_DATA_SERVER=aiohttp)."""
         cfg = self.loaded.proxy
         self.data_app = build_data_app(self.state)
         # In-flight requests are waited for by the drain itself (its timeout is reloadable config),
@@ -92,12 +123,6 @@ class Server:
         await self.data_runner.setup()
         self.data_site = web.TCPSite(self.data_runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port or None)
         await self.data_site.start()
-        self.state.data_up = True
-        self.admin_runner = web.AppRunner(build_admin_app(self.state), access_log=None, handle_signals=False)
-        await self.admin_runner.setup()
-        await web.TCPSite(self.admin_runner, cfg.admin.listen.host, cfg.admin.listen.port, reuse_port=self.reuse_port or None).start()
-        self.state.admin_up = True
-        log.info("listening: data %s, admin %s", cfg.listen, cfg.admin.listen)
 
     def on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -108,6 +133,8 @@ class Server:
         drain = self.drain_timeout
         log.info("signal %s: draining for %.1fs (readyz is 503 now)", signal.Signals(signum).name, drain)
         self.state.draining = True
+        if self.h1 is not None:
+            self.h1.closing = True  # answers from now on say Connection: close; the listener still serves
         asyncio.get_running_loop().call_later(drain, self.stop.set)
 
     @property
@@ -158,6 +185,13 @@ class Server:
 
     async def close(self) -> None:
         # Stop accepting, let in-flight requests finish (bounded by the drain timeout), then clean up.
+        if self.h1 is not None and self.listener is not None:
+            await self.h1.stop_accepting()
+            if not await self.listener.wait_idle(max(self.drain_timeout, 1.0)):
+                log.warning("drain: requests still in flight after %.1fs; closing them", self.drain_timeout)
+            await self.h1.close()
+            self.h1 = None
+            await self.state.close()
         if self.data_site is not None:
             await self.data_site.stop()
             if not await self.data_app[LISTENER].wait_idle(max(self.drain_timeout, 1.0)):

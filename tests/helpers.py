@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
+from yarl import URL
 
 from proxy.admin import build_admin_app
-from proxy.app import build_data_app, build_state
+from proxy.app import build_data_app, build_state, data_server
 from proxy.config import LoadedConfig, load_config
+from proxy.h1.limits import H1Limits
+from proxy.h1.server import H1Server
+from proxy.listener import Listener
 from proxy.sandbox import SANDBOX_STATE, SandboxState
 from proxy.state import ProxyState
 from tests.keys import keys_for_tests
@@ -94,10 +98,54 @@ class Rig:
         return await r.text()
 
 
+class H1TestServer(BaseTestServer):
+    """The data listener as ``serve`` runs it (``proxy.h1`` on a real loopback socket), in the shape
+    ``aiohttp_client`` takes: the state opens on start and closes with the client, like the data app's
+    cleanup_ctx did."""
+
+    def __init__(self, state: ProxyState, limits: H1Limits | None = None) -> None:
+        super().__init__(host="127.0.0.1")
+        self.state = state
+        self.limits = limits
+        self.h1: H1Server | None = None
+        self.listener: Listener | None = None
+
+    async def _make_runner(self, **kwargs: Any) -> Any:  # pragma: no cover - not an aiohttp runner
+        raise NotImplementedError
+
+    @property
+    def started(self) -> bool:
+        return self.h1 is not None
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.h1 is not None:
+            return
+        await self.state.open()
+        self.listener = Listener(self.state.current)
+        self.h1 = H1Server(self.listener, self.limits)
+        await self.h1.start("127.0.0.1", 0)
+        self.port = self.h1.port
+        self.scheme = "http"
+        self._root = URL(f"http://127.0.0.1:{self.port}")
+
+    async def close(self) -> None:
+        if self.h1 is not None and not self._closed:
+            self._closed = True
+            await self.h1.close()
+            await self.state.close()
+            self._root = None
+
+
+def data_test_server(state: ProxyState) -> BaseTestServer | web.Application:
+    """What ``aiohttp_client`` gets for the data listener: the h1 server, or the aiohttp app when the
+    suite runs with ``PARTNER_PROXY_DATA_SERVER=aiohttp``."""
+    return build_data_app(state) if data_server() == "aiohttp" else H1TestServer(state)
+
+
 async def make_rig(aiohttp_client: Any, sandbox: TestServer, loaded: LoadedConfig, log_stream: io.StringIO | None = None) -> Rig:
     # a StringIO by default: keep the communication log out of pytest's output
     state = build_state(loaded, log_stream=log_stream if log_stream is not None else io.StringIO())
-    client = await aiohttp_client(build_data_app(state))
+    client = await aiohttp_client(data_test_server(state))
     state.data_up = True
     admin = await aiohttp_client(build_admin_app(state))
     state.admin_up = True

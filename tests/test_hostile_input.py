@@ -1,7 +1,8 @@
 """Hostile conditions, input: bytes no HTTP client would send, random headers and queries, broken config.
 
-1. A raw-socket corpus (asyncio streams) against a running `partner-proxy serve`, once with aiohttp's
-   C parser (llhttp) and once with the pure-Python parser (``AIOHTTP_NO_EXTENSIONS=1``). Each case
+1. A raw-socket corpus (asyncio streams) against a running `partner-proxy serve`, once on the data
+   listener (``proxy.h1``: llhttp strict via httptools; id ``c``) and once on the aiohttp fallback
+   (``PARTNER_PROXY_DATA_SERVER=aiohttp``) with aiohttp's pure-Python parser (``AIOHTTP_NO_EXTENSIONS=1``). Each case
    names its expected outcome per parser and why: rejected with a 4xx and no partner call, or a
    request that is legitimately routed (exactly one partner call). Never a 5xx, never a hang.
 2. Properties (hypothesis) of the in-process app for request headers and query strings, and of
@@ -233,11 +234,12 @@ def partner_process() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sidecars(partner_process: str) -> Iterator[dict[str, Sidecar]]:
-    """One sidecar per HTTP parser: llhttp (C) and aiohttp's pure-Python parser."""
+    """One sidecar per HTTP parser: the h1 data listener (llhttp, C) and the aiohttp fallback
+    listener with aiohttp's pure-Python parser."""
     running: dict[str, Sidecar] = {}
     try:
         running["c"] = start_sync(Sidecar(partner_process))
-        running["python"] = start_sync(Sidecar(partner_process, AIOHTTP_NO_EXTENSIONS="1"))
+        running["python"] = start_sync(Sidecar(partner_process, AIOHTTP_NO_EXTENSIONS="1", PARTNER_PROXY_DATA_SERVER="aiohttp"))
         yield running
     finally:
         for sidecar in running.values():

@@ -14,12 +14,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.app import build_data_app, build_state
+from proxy.app import build_state
 from proxy.admin import build_admin_app
 from proxy.commlog import CommunicationLog
 from proxy.sandbox import SANDBOX_STATE
 from tests.keys import keys_for_tests
-from tests.helpers import CLIENT_ID, CLIENT_SECRET, Rig, patched_routes, sandbox_app, shipped_config
+from tests.helpers import CLIENT_ID, CLIENT_SECRET, Rig, data_test_server, patched_routes, sandbox_app, shipped_config
 from tests.process import Sidecar, get_products
 from tests.receivers import DD_KEY, DD_PATH, NR_KEY, NR_PATH, SLACK_PATH, Receiver
 
@@ -52,7 +52,7 @@ def notify_env(rec: Receiver) -> Any:  # **-unpacked into env keyword arguments
 async def rig_with_log(aiohttp_client: Any, sandbox: TestServer, stream: io.StringIO, **env: Any) -> Rig:
     loaded = shipped_config(base(sandbox), **env)
     state = build_state(loaded, log_stream=stream)
-    client = await aiohttp_client(build_data_app(state))
+    client = await aiohttp_client(data_test_server(state))
     admin = await aiohttp_client(build_admin_app(state))
     state.data_up = state.admin_up = True
     return Rig(client, admin, state, sandbox)
@@ -115,7 +115,7 @@ async def test_body_capture_is_opt_in_capped_and_redacted(aiohttp_client: Any, s
     stream = io.StringIO()
     loaded = shipped_config(base(sandbox), routes=routes)
     state = build_state(loaded, log_stream=stream)
-    client = await aiohttp_client(build_data_app(state))
+    client = await aiohttp_client(data_test_server(state))
     resp = await client.get("/v1/products?product_code=25k-xl", headers={"Content-Type": "application/json", "X-Client-Id": "a"})
     assert resp.status == 200
     (record,) = await log_records(stream, 1)
@@ -127,7 +127,7 @@ async def test_breaker_opening_and_notify_rules_post_to_every_sink(aiohttp_clien
     routes = patched_routes(tmp_path, {"fail_max: 5": "fail_max: 2", "attempts: 1": "attempts: 0"})
     loaded = shipped_config(base(sandbox), routes=routes, **notify_env(receiver))
     state = build_state(loaded)
-    client = await aiohttp_client(build_data_app(state))
+    client = await aiohttp_client(data_test_server(state))
     headers = {"Content-Type": "application/json", "X-Client-Id": "a"}
     for _ in range(4):
         await client.get("/v1/products?product_code=status-500", headers=headers)
@@ -156,7 +156,7 @@ async def test_a_hanging_sink_delays_no_request(aiohttp_client: Any, sandbox: Te
     receiver.mode.update(slack="hang", datadog="500")
     loaded = shipped_config(base(sandbox), **notify_env(receiver))
     state = build_state(loaded)
-    client = await aiohttp_client(build_data_app(state))
+    client = await aiohttp_client(data_test_server(state))
     admin = await aiohttp_client(build_admin_app(state))
     headers = {"Content-Type": "application/json", "X-Client-Id": "a"}
     statuses = [(await client.get("/v1/products?product_code=error-P08", headers=headers)).status for _ in range(3)]
@@ -227,7 +227,7 @@ async def test_fast_and_generic_log_paths_write_the_same_record(aiohttp_client: 
         routes = patched_routes(tmp_path, {"drain_timeout: 5s": "drain_timeout: 5s" + extra})
         stream = io.StringIO()
         state = build_state(shipped_config(base(sandbox), routes=routes), log_stream=stream)
-        client = await aiohttp_client(build_data_app(state))
+        client = await aiohttp_client(data_test_server(state))
         resp = await client.get("/v1/products?product_code=error-S03", headers={"Content-Type": "application/json", "X-Client-Id": 'quote"and\\nnewline', "X-Request-Id": "same-id"})
         assert resp.status == 503
         (record,) = await log_records(stream, 1)

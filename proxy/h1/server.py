@@ -1,0 +1,67 @@
+"""``H1Server``: the data listener's socket, its connections, and the drain.
+
+Start binds (``reuse_port`` for ``serve --workers N``); ``stop_accepting`` closes the socket and
+tells every connection the server is closing: an idle one closes now, a busy one answers its
+current request with ``Connection: close`` and then closes. ``close`` ends what is left. In-flight
+requests are counted by the core (``Listener.inflight`` / ``wait_idle``), which the caller waits on
+between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from proxy.h1.limits import H1Limits
+from proxy.h1.protocol import H1Protocol
+from proxy.h1.ticker import Ticker
+from proxy.listener import Listener
+
+FLUSH_WAIT = 1.0  # seconds close() waits for answers of requests that are finishing
+
+
+class H1Server:
+    def __init__(self, listener: Listener, limits: H1Limits | None = None) -> None:
+        self.listener = listener
+        self.limits = limits or H1Limits()
+        self.loop = asyncio.get_running_loop()
+        self.ticker = Ticker(self.loop)
+        self.connections: set[H1Protocol] = set()
+        self.closing = False
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
+        self.ticker.start()
+        if sock is not None:
+            self._server = await self.loop.create_server(lambda: H1Protocol(self), sock=sock, backlog=1024)
+        else:
+            self._server = await self.loop.create_server(
+                lambda: H1Protocol(self), host, port, reuse_port=reuse_port or None, backlog=1024,
+            )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop_accepting(self) -> None:
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.drain()
+
+    async def close(self) -> None:
+        """End every connection. A request whose dispatch just finished is still written first (its
+        answer is written from the Task's done callback, after ``Listener.wait_idle`` saw it finish);
+        that wait is bounded by ``FLUSH_WAIT``."""
+        await self.stop_accepting()
+        deadline = self.loop.time() + FLUSH_WAIT
+        while any(conn.busy for conn in self.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        self.ticker.stop()
