@@ -214,6 +214,7 @@ async def test_a_burst_of_1000_at_a_cold_sidecar_waits_for_the_pool_of_100_and_a
                 return r.status
         statuses = await asyncio.gather(*(one() for _ in range(1000)))
     assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
+    assert rig.partner.token_requests == 1  # a cold sidecar: 1,000 requests share one token fetch
     limits = rig.state.current().clusters["tokopedia"].limits
     assert limits.active == 0 and limits.pending == 0 and limits.requests == 0
     text = await rig.metrics()
