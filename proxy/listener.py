@@ -108,9 +108,10 @@ class Listener:
             observer.on_start(ex, route)
         upstream: UpstreamResponse | None = None
         reply: Reply | None = None
+        if not self.inflight:  # set only when inflight drops to 0, so otherwise already clear
+            self._idle.clear()
         self.inflight += 1
-        self._idle.clear()
-        active = Tracing.activate(span)  # token fetches and breaker events find the span here
+        active = Tracing.activate(span) if span is not None else None  # token fetches and breaker events find the span here
         try:
             upstream = await route.chain(ex)
         except ProxyError as exc:

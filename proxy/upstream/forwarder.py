@@ -138,8 +138,12 @@ class Forwarder:
             await limits.acquire()  # bounded: max_pending_requests, pending_timeout -> ClusterOverflow
         started = time.perf_counter()
         status_label = "error"
+        breaker = cluster.breaker
         try:
-            async with cluster.breaker.attempt() as guard:
+            # ``async with breaker.attempt()`` spelled out as plain calls (no guard object, no two
+            # coroutines per attempt); the same admit / record / release as ``Attempt``.
+            trial = breaker.admit()
+            try:
                 try:
                     answer = await cluster.transport.send(request, timeout=cluster.config.timeout)
                 except UpstreamError as exc:
@@ -148,9 +152,14 @@ class Forwarder:
                     raise
                 response = _checked(answer, request.method, self.pass_back)
                 status_label = self._status_label(answer.status)
-                if answer.status >= 500:
-                    guard.fail("5xx")
-                return response
+            except UpstreamError as exc:
+                breaker.record(trial, exc.kind)
+                raise
+            except BaseException:  # cancelled (the app went away) or a bug: says nothing about the partner
+                breaker.release(trial)
+                raise
+            breaker.record(trial, "5xx" if answer.status >= 500 else None)
+            return response
         finally:
             limits.release()
             hist = self._durations.get(status_label)

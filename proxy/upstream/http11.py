@@ -372,7 +372,9 @@ class Http11Pool:
 
     def request_bytes(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        if headers:  # "name: value" lines joined in C, no Python code per header
+            lines.append("\r\n".join(map(": ".join, headers)))
+            lines.append("\r\n")
         if body or method in BODY_METHODS:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
