@@ -213,8 +213,8 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-async def issuer(aiohttp_server: Any, clock: Clock) -> Issuer:
+async def serve_issuer(aiohttp_server: Any, clock: Clock) -> Issuer:
+    """The loopback token endpoint, also used by the Redis topology tests."""
     iss = Issuer(clock)
     app = web.Application()
     app.router.add_post("/token", iss.token)
@@ -225,12 +225,23 @@ async def issuer(aiohttp_server: Any, clock: Clock) -> Issuer:
     return iss
 
 
-@pytest.fixture
-async def h(issuer: Issuer, clock: Clock, redis_url: str) -> AsyncIterator[Harness]:
+async def harness_on(issuer: Issuer, clock: Clock, redis_url: str) -> AsyncIterator[Harness]:
+    """Providers on one Redis URL (any topology), closed at the end."""
     harness = Harness(issuer, clock, redis_url)
     yield harness
     for close in reversed(harness.closers):
         await close()
+
+
+@pytest.fixture
+async def issuer(aiohttp_server: Any, clock: Clock) -> Issuer:
+    return await serve_issuer(aiohttp_server, clock)
+
+
+@pytest.fixture
+async def h(issuer: Issuer, clock: Clock, redis_url: str) -> AsyncIterator[Harness]:
+    async for harness in harness_on(issuer, clock, redis_url):
+        yield harness
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from proxy.errors import TokenUnavailable
@@ -26,7 +25,7 @@ from tests.redis_topologies import (
     data_node,
     start_cluster_topology,
 )
-from tests.test_oauth import PROVIDER, Clock, Harness, Issuer, fetches, sample
+from tests.test_oauth import PROVIDER, Clock, Harness, Issuer, harness_on, serve_issuer, fetches, sample
 
 pytestmark = [pytest.mark.redis_topology, pytest.mark.timeout(60)]
 
@@ -53,20 +52,13 @@ async def admin(cluster: Topology) -> AsyncIterator[RedisCluster]:
 
 @pytest.fixture
 async def issuer(aiohttp_server: Any) -> Issuer:
-    iss = Issuer(Clock())
-    app = web.Application()
-    app.router.add_post("/token", iss.token)
-    server = await aiohttp_server(app)
-    iss.url = str(server.make_url("/token"))
-    return iss
+    return await serve_issuer(aiohttp_server, Clock())
 
 
 @pytest.fixture
 async def h(issuer: Issuer, cluster: Topology) -> AsyncIterator[Harness]:
-    harness = Harness(issuer, issuer.clock, cluster.url)  # type: ignore[arg-type]
-    yield harness
-    for close in reversed(harness.closers):
-        await close()
+    async for harness in harness_on(issuer, issuer.clock, cluster.url):  # type: ignore[arg-type]
+        yield harness
 
 
 def redis_errors(h: Harness) -> float:

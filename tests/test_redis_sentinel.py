@@ -14,14 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.sandbox import SANDBOX_STATE, SandboxState
 from tests.helpers import sandbox_app
 from tests.process import Sidecar, get_products, metric_value
 from tests.redis_topologies import Topology, acl_log, data_node, sentinel_master_port, start_sentinel_topology
-from tests.test_oauth import Clock, Harness, Issuer, fetches, lookups
+from tests.test_oauth import Clock, Harness, Issuer, fetches, harness_on, serve_issuer
 
 pytestmark = [pytest.mark.redis_topology, pytest.mark.timeout(90)]
 
@@ -35,20 +34,13 @@ def sentinel() -> Iterator[Topology]:
 
 @pytest.fixture
 async def issuer(aiohttp_server: Any) -> Issuer:
-    iss = Issuer(Clock())
-    app = web.Application()
-    app.router.add_post("/token", iss.token)
-    server = await aiohttp_server(app)
-    iss.url = str(server.make_url("/token"))
-    return iss
+    return await serve_issuer(aiohttp_server, Clock())
 
 
 @pytest.fixture
 async def h(issuer: Issuer, sentinel: Topology) -> AsyncIterator[Harness]:
-    harness = Harness(issuer, issuer.clock, sentinel.url)  # type: ignore[arg-type]
-    yield harness
-    for close in reversed(harness.closers):
-        await close()
+    async for harness in harness_on(issuer, issuer.clock, sentinel.url):  # type: ignore[arg-type]
+        yield harness
 
 
 async def test_three_cold_replicas_share_one_fetch_through_sentinel(h: Harness, sentinel: Topology) -> None:
