@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from proxy.upstream.http11 import StrictAnswer, Violation
-from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, map_exception, wire_error
+from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, map_exception, partner_url, wire_error
 
 # The ONE table (first match wins: subclasses first). A phase in the third column overrides the
 # one observed on the wire. ``tests/test_upstream_wire.py`` checks every aiohttp exception is here.
@@ -131,9 +131,7 @@ class AiohttpTransport:
         idle_timeout: float = 30.0,
         max_connection_duration: float = 0.0,
     ) -> None:
-        url = URL(base_url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"not an http(s) URL: {base_url}")
+        url = partner_url(base_url)
         self.origin = str(url.origin())
         self.connect_timeout = connect_timeout
         self.max_body = max_body

@@ -36,9 +36,8 @@ import time
 from collections import deque
 
 import httptools
-from yarl import URL
 
-from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, map_exception, wire_error
+from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, map_exception, partner_url, wire_error
 
 MAX_HEAD = 64 * 1024
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -320,10 +319,9 @@ class Http11Pool:
         idle_timeout: float = 30.0,
         max_connection_duration: float = 0.0,
     ) -> None:
-        url = URL(base_url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"not an http(s) URL: {base_url}")
-        self.host = url.host
+        url = partner_url(base_url)
+        assert url.host is not None  # partner_url refuses a URL without one
+        self.host: str = url.host
         self.port = url.port or (443 if url.scheme == "https" else 80)
         default_port = 443 if url.scheme == "https" else 80
         host_header = url.raw_host or url.host

@@ -24,9 +24,10 @@ For a non-idempotent method (POST, PATCH) every SENT and ANSWERING cell is 504
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from yarl import URL
 
 from proxy.errors import OutcomeUnknown, UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
 
@@ -108,3 +109,9 @@ def map_exception(table: tuple[tuple[type[BaseException], Event], ...], exc: Bas
     return None
 
 
+def partner_url(base_url: str) -> URL:
+    """A cluster's base URL as both transports need it: http(s) with a host, else ValueError."""
+    url = URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"not an http(s) URL: {base_url}")
+    return url
