@@ -4,7 +4,9 @@ response; a resource that matches every request target; and the ``Expect`` handl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
+from functools import partial
 
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDictProxy
@@ -71,13 +73,16 @@ def response(reply: Reply) -> web.Response:
 
 
 class AiohttpListener:
-    """The data listener on aiohttp's server: every request goes to ``Listener.dispatch``."""
+    """The data listener on aiohttp's server: every request goes to ``Listener.handle``, so the
+    callback path serves it where it can (aiohttp still runs its own task per request)."""
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        return response(await self.listener.dispatch(AiohttpDownstream(request)))
+        answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.listener.handle(AiohttpDownstream(request), partial(_settle, answered))
+        return response(await answered)
 
     def local(self, request: web.Request, error: ProxyError) -> web.Response:
         return response(self.listener.local_reply(AiohttpDownstream(request), error))
@@ -97,3 +102,8 @@ class AiohttpListener:
             request.writer.output_size = 0
             return None
         return self.local(request, ExpectationFailed())
+
+
+def _settle(answered: asyncio.Future[Reply], reply: Reply) -> None:
+    if not answered.done():  # the handler may have been cancelled: the app went away
+        answered.set_result(reply)

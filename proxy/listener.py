@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from multidict import CIMultiDict
 
@@ -24,6 +25,7 @@ from proxy.headers import HttpDate, downstream_headers, upstream_headers
 from proxy.otel import Tracing
 from proxy.reply import Reply, error_reply
 from proxy.runtime import Runtime
+from proxy.types import CompiledRoute
 from proxy.tracing import child_traceparent, forwarded_tracestate, request_id_from
 
 log = logging.getLogger("proxy.listener")
@@ -34,6 +36,9 @@ class Listener:
         self._runtime = runtime
         self._date = HttpDate()
         self.inflight = 0
+        # requests answered as plain calls (proxy.fastpath), and in a task: for tests and tuning
+        self.callback_requests = 0
+        self.task_requests = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -64,7 +69,45 @@ class Listener:
             observer.on_finish(ex, None, reply.status, None)
         return reply
 
+    def handle(self, downstream: Downstream, done: Callable[[Reply], None]) -> None:
+        """Answer ``downstream`` through ``done`` (called once; maybe before this returns).
+
+        The server's entry point: a request no route takes is answered here and now; a route with a
+        callback path (``proxy.fastpath``) runs as plain calls when it can; the rest run
+        ``dispatch``'s coroutine in a task.
+        """
+        started = time.perf_counter()
+        runtime = self._runtime()
+        try:
+            matched = runtime.routes.match(downstream.path)
+        except InvalidPathParameter as exc:  # checked before anything else happens
+            done(self.local_reply(downstream, exc))
+            return
+        if matched is None:
+            done(self.local_reply(downstream, RouteNotFound()))
+            return
+        route, params = matched
+        ex = self._exchange(runtime, downstream, route, params, started)
+        fast = route.fast
+        if fast is not None and ex.span is None:
+            self._enter()
+            finish = partial(self._finish_fast, runtime, route, ex, done)
+            try:
+                taken = fast.run(ex, finish)
+            except BaseException as exc:  # raised before anything was sent: the request's answer
+                self.callback_requests += 1
+                finish(None, exc)
+                return
+            if taken:
+                self.callback_requests += 1
+                return
+            self._leave()
+        self.task_requests += 1
+        task = asyncio.get_running_loop().create_task(self._run(runtime, route, ex))
+        task.add_done_callback(partial(_reply_to, done, ex))
+
     async def dispatch(self, downstream: Downstream) -> Reply:
+        """The coroutine path for a whole request (the aiohttp adapter awaits it)."""
         started = time.perf_counter()
         runtime = self._runtime()
         try:
@@ -74,6 +117,10 @@ class Listener:
         if matched is None:
             return self.local_reply(downstream, RouteNotFound())
         route, params = matched
+        return await self._run(runtime, route, self._exchange(runtime, downstream, route, params, started))
+
+    def _exchange(self, runtime: Runtime, downstream: Downstream, route: CompiledRoute, params: dict[str, str] | None, started: float) -> Exchange:
+        """The request's state once a route matched: ids, trace context, the partner's headers."""
         headers = downstream.headers
         request_id = request_id_from(headers.get("X-Request-Id"))
         tracing = runtime.tracing
@@ -106,25 +153,35 @@ class Listener:
             ex.upstream_query = {name: query[name] for name in route.query if name in query}
         for observer in runtime.start_observers:
             observer.on_start(ex, route)
-        upstream: UpstreamResponse | None = None
-        reply: Reply | None = None
+        return ex
+
+    def _enter(self) -> None:
         if not self.inflight:  # set only when inflight drops to 0, so otherwise already clear
             self._idle.clear()
         self.inflight += 1
+
+    def _leave(self) -> None:
+        self.inflight -= 1
+        if not self.inflight:
+            self._idle.set()
+
+    async def _run(self, runtime: Runtime, route: CompiledRoute, ex: Exchange) -> Reply:
+        span = ex.span
+        upstream: UpstreamResponse | None = None
+        reply: Reply | None = None
+        self._enter()
         active = Tracing.activate(span) if span is not None else None  # token fetches and breaker events find the span here
         try:
             upstream = await route.chain(ex)
         except ProxyError as exc:
             reply = self._error(ex, exc)
         except Exception:  # a bug must still answer in the envelope, never a traceback
-            log.exception("unhandled error on route %s (request %s)", route.name, request_id)
+            log.exception("unhandled error on route %s (request %s)", route.name, ex.request_id)
             reply = self._error(ex, ProxyError("unhandled"))
         else:
             reply = self._answer(ex, upstream)
         finally:
-            self.inflight -= 1
-            if not self.inflight:
-                self._idle.set()
+            self._leave()
             if span is not None:
                 Tracing.deactivate(active)
                 if reply is None:  # cancelled: the app went away
@@ -138,6 +195,29 @@ class Listener:
             observer.on_finish(ex, route, reply.status, upstream)
         return reply
 
+    def _finish_fast(
+        self, runtime: Runtime, route: CompiledRoute, ex: Exchange, done: Callable[[Reply], None],
+        upstream: UpstreamResponse | None, error: BaseException | None,
+    ) -> None:
+        """The callback path's end: the same rendering and observers as ``_run`` (no span: tracing is off)."""
+        self._leave()
+        try:
+            if error is None:
+                assert upstream is not None
+                reply = self._answer(ex, upstream)
+            elif isinstance(error, ProxyError):
+                reply = self._error(ex, error)
+            else:
+                if not isinstance(error, asyncio.CancelledError):
+                    log.error("unhandled error on route %s (request %s)", route.name, ex.request_id, exc_info=error)
+                reply = self._error(ex, ProxyError("unhandled"))
+            for observer in runtime.observers:
+                observer.on_finish(ex, route, reply.status, upstream)
+        except Exception:  # a bug in rendering or an observer: still one answer, never a silent drop
+            log.exception("unhandled error answering route %s (request %s)", route.name, ex.request_id)
+            reply = error_reply(ProxyError("unhandled"), ex.language, ex.request_id)
+        done(reply)
+
     def _answer(self, ex: Exchange, upstream: UpstreamResponse) -> Reply:
         verdict = upstream.verdict
         if verdict is not None and verdict.error is not None:
@@ -150,3 +230,14 @@ class Listener:
         if isinstance(error, TokenUnavailable):
             ex.token_source = ex.token_source or "none"
         return error_reply(error, ex.language, ex.request_id)
+
+
+def _reply_to(done: Callable[[Reply], None], ex: Exchange, task: asyncio.Task[Reply]) -> None:
+    """``_run`` renders every error; what reaches here is a bug or a cancellation."""
+    try:
+        reply = task.result()
+    except BaseException as exc:
+        if not isinstance(exc, asyncio.CancelledError):
+            log.error("bug in the data listener's dispatch", exc_info=exc)
+        reply = error_reply(ProxyError("unhandled"), ex.language, ex.request_id)
+    done(reply)

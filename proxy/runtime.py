@@ -21,6 +21,7 @@ from proxy.commlog import LogPolicy
 from proxy.config import LoadedConfig
 from proxy.config.models import NotificationsConfig
 from proxy.config.templates import parse_template
+from proxy.fastpath import FastRoute
 from proxy.filters import FilterContext, build_filters
 from proxy.oauth import TokenProvider
 from proxy.otel import Tracing
@@ -81,6 +82,7 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
         if r.verify is not None:
             pass_back.add(r.verify.header.lower())  # the verifier reads it; a valid one passes through
         forwarder = Forwarder(cluster, url, frozenset(pass_back), path_template, tracing=tracing)
+        filters = build_filters(r.filters, ctx)
         routes.append(
             CompiledRoute(
                 name=r.name,
@@ -88,10 +90,11 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
                 cluster=cluster.name,
                 upstream_path=r.upstream.path,
                 query=r.upstream.query,
-                chain=build_chain(build_filters(r.filters, ctx), forwarder),
+                chain=build_chain(filters, forwarder),
                 language=LanguagePicker(frozenset(table.languages()), table.default_language),
                 set_headers=r.upstream.headers,
                 date=r.upstream.date,
+                fast=FastRoute.of(filters, forwarder),
             )
         )
     first = next(iter(loaded.errors.values()))

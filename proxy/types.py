@@ -7,6 +7,7 @@ never changes it. ``proxy.chain`` folds filters around the forwarder once, when 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,7 +18,16 @@ from proxy.exchange import Exchange, UpstreamResponse
 from proxy.tracing import LanguagePicker
 
 Next = Callable[[Exchange], Awaitable[UpstreamResponse]]
+# How the callback path (``proxy.fastpath``) hands on an outcome: the answer, or what was raised.
+Done = Callable[[UpstreamResponse | None, BaseException | None], None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class FastPath(Protocol):
+    """A route's callback path (``proxy.fastpath.FastRoute``): start the request as plain calls and
+    return True (``finish`` is called once, later), or return False having done nothing."""
+
+    def run(self, ex: Exchange, finish: Done) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +41,7 @@ class CompiledRoute:
     language: LanguagePicker          # Accept-Language -> one of the route's error-table languages
     set_headers: tuple[tuple[str, str], ...] = ()  # upstream headers the route sets (Accept: ...)
     date: bool = False                # a fresh RFC 1123 Date header per upstream request
+    fast: FastPath | None = None      # the same chain as plain calls, where the route allows it
 
 
 class Filter(Protocol):
@@ -47,3 +58,16 @@ class Observer(Protocol):
     def on_start(self, ex: Exchange, route: CompiledRoute) -> None: ...
 
     def on_finish(self, ex: Exchange, route: CompiledRoute | None, status: int, upstream: UpstreamResponse | None) -> None: ...
+
+
+def report_to(done: Done, task: asyncio.Task[UpstreamResponse]) -> None:
+    """A task's done-callback that hands its outcome to ``done``: where the callback path had to
+    continue in a coroutine (a retry, a token renewal), its result rejoins the plain calls here."""
+    if task.cancelled():
+        done(None, asyncio.CancelledError())
+        return
+    exc = task.exception()
+    if exc is not None:
+        done(None, exc)
+    else:
+        done(task.result(), None)

@@ -100,8 +100,13 @@ class FakeTokens:
     n: int = 1
     renewed: list[str] = field(default_factory=list)
 
-    async def get(self) -> Token:
+    def peek(self) -> Token | None:
         return Token(f"token-{self.n}", time.time() + 3600, "memory")
+
+    async def get(self) -> Token:
+        token = self.peek()
+        assert token is not None
+        return token
 
     async def renew(self, rejected: str) -> Token:
         self.renewed.append(rejected)

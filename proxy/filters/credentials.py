@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from proxy.classify import Classifier
-from proxy.exchange import Exchange, UpstreamResponse
+from proxy.exchange import Exchange, UpstreamResponse, Verdict
 from proxy.filters.context import FilterContext
 from proxy.oauth.token import Token
 from proxy.types import Next
@@ -19,6 +19,8 @@ from proxy.types import Next
 
 class Tokens(Protocol):
     """What the filter needs of a token provider (``proxy.oauth.TokenProvider`` in production)."""
+
+    def peek(self) -> Token | None: ...
 
     async def get(self) -> Token: ...
 
@@ -34,20 +36,31 @@ class InjectCredentials:
     def from_context(cls, ctx: FilterContext) -> InjectCredentials | None:
         return cls(ctx.provider, ctx.classify) if ctx.provider is not None else None
 
-    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        token = await self.provider.get()
+    def attach(self, ex: Exchange, token: Token) -> None:
         ex.token_source = token.source
         ex.upstream_headers["Authorization"] = "Bearer " + token.value
-        response = await next(ex)
+
+    def rejected(self, response: UpstreamResponse) -> Verdict | None:
+        """The verdict when the partner rejected the token (a plain call), else None."""
         if response.ok:
-            return response
+            return None
         verdict = self.classify(response)
-        if not verdict.invalidate_token:
-            return response
+        return verdict if verdict.invalidate_token else None
+
+    async def recover(self, ex: Exchange, token: Token, verdict: Verdict, response: UpstreamResponse, next: Next) -> UpstreamResponse:
+        """Drop the rejected token; re-send with a fresh one when the partner refused before acting."""
         fresh = await self.provider.renew(token.value)
         if not verdict.retry_with_fresh_token:
             return response
         ex.token_retried = True
-        ex.token_source = fresh.source
-        ex.upstream_headers["Authorization"] = "Bearer " + fresh.value
+        self.attach(ex, fresh)
         return await next(ex)
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+        token = await self.provider.get()
+        self.attach(ex, token)
+        response = await next(ex)
+        verdict = self.rejected(response)
+        if verdict is None:
+            return response
+        return await self.recover(ex, token, verdict, response, next)

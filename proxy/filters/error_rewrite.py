@@ -26,7 +26,11 @@ class RewriteErrors:
         return cls(ctx.cluster.name, ctx.classify, ctx.metrics, ctx.notify)
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        response = await next(ex)
+        return self.record(ex, await next(ex))
+
+    def record(self, ex: Exchange, response: UpstreamResponse) -> UpstreamResponse:
+        """The answer's verdict on the exchange, counted and notified: a plain call (the callback
+        path uses it as is)."""
         ex.partner_status = response.status
         if response.ok:
             ex.partner_code = None

@@ -21,7 +21,8 @@ class ValidateRequest:
     def from_context(cls, ctx: FilterContext) -> ValidateRequest:
         return cls(ctx.route.methods, ctx.route.require)
 
-    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+    def check(self, ex: Exchange) -> None:
+        """Raise the contract's error, or return: a plain call (the callback path uses it as is)."""
         if ex.method not in self.methods:
             raise MethodNotAllowed(self.allow)
         headers = ex.downstream.headers
@@ -33,4 +34,7 @@ class ValidateRequest:
         for name in self.headers:
             if not headers.get(name, "").strip():
                 raise MissingHeader(name)
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+        self.check(ex)
         return await next(ex)

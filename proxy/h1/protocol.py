@@ -22,8 +22,9 @@ before a colon and unknown methods are 400 from llhttp itself. Added here, as ``
 - ``Upgrade``/``CONNECT``: never switched; the request is answered (routed, or 404) and the
   connection closed, the bytes after it never parsed.
 
-A request is one ``Listener.dispatch`` run as a Task (the chain needs one: ``asyncio.timeout``);
-a request the listener can answer without the chain (an ``Expect`` it cannot meet) is answered
+A request is handed to ``Listener.handle`` with a callback for its answer: the listener answers
+it at once (no route), as plain calls (``proxy.fastpath``) or from a task running the chain; a
+request the listener can answer without the chain (an ``Expect`` it cannot meet) is answered
 synchronously by ``Listener.local_reply``. A bug here is logged and answered 500 (or the
 connection closed), never a traceback to the client.
 """
@@ -38,6 +39,7 @@ from typing import Protocol
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.corking import Cork
 from proxy.errors import ExpectationFailed, ProxyError
 from proxy.h1.downstream import H1Request
 from proxy.h1.limits import H1Limits
@@ -76,6 +78,7 @@ class ServerSide(Protocol):
     loop: asyncio.AbstractEventLoop
     connections: set[H1Protocol]
     closing: bool
+    cork: Cork
 
 
 class H1Protocol(asyncio.Protocol):
@@ -83,7 +86,7 @@ class H1Protocol(asyncio.Protocol):
         "_server", "_limits", "_ticker", "_listener", "_loop", "transport", "_parser", "_queue",
         "_receiving", "_active", "_url", "_headers", "_head_bytes", "_in_head", "_stopped",
         "_write_paused", "_read_paused", "_close_after", "_closed", "deadline", "_deadline_kind",
-        "_error",
+        "_error", "_in_next", "_cork",
     )
 
     def __init__(self, server: ServerSide) -> None:
@@ -92,6 +95,7 @@ class H1Protocol(asyncio.Protocol):
         self._ticker = server.ticker
         self._listener = server.listener
         self._loop = server.loop
+        self._cork = server.cork
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         # parsed requests (head complete) in arrival order; the first is in flight. An int is a
@@ -111,6 +115,7 @@ class H1Protocol(asyncio.Protocol):
         self.deadline = 0.0
         self._deadline_kind = _NONE
         self._error: _Reject | None = None
+        self._in_next = False  # inside _next: an answer given at once must not start the next request itself
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -268,8 +273,15 @@ class H1Protocol(asyncio.Protocol):
                 continue
             if item.has_body and not item.complete and item.headers.get("Expect") is not None:
                 self._write(CONTINUE)
-            task = self._loop.create_task(self._listener.dispatch(item))
-            task.add_done_callback(self._dispatched)
+            self._in_next = True
+            try:
+                self._listener.handle(item, self._done)  # may answer at once: _done then leaves _next to us
+            except Exception:
+                log.exception("bug in the data listener's dispatch")
+                if self._active is item:
+                    self._answer(item, error_reply(ProxyError("unhandled"), "en", request_id_from(item.headers.get("X-Request-Id"))))
+            finally:
+                self._in_next = False
         self._update_reading()
 
     def _local(self, request: H1Request, error: ProxyError) -> Reply:
@@ -279,18 +291,15 @@ class H1Protocol(asyncio.Protocol):
             log.exception("bug answering a local reply")
             return error_reply(ProxyError("unhandled"), "en", request_id_from(None))
 
-    def _dispatched(self, task: asyncio.Task[Reply]) -> None:
+    def _done(self, reply: Reply) -> None:
+        """The listener's answer to the request in flight (requests are answered one at a time, in order)."""
         request = self._active
-        if request is None:  # cannot happen: the task was started for the active request
+        if request is None:  # cannot happen: the listener answers each request once
+            log.error("an answer with no request in flight (dropped)")
             return
-        try:
-            reply = task.result()
-        except BaseException as exc:  # dispatch renders every error; this is a bug or a cancellation
-            if not isinstance(exc, asyncio.CancelledError):
-                log.error("bug in the data listener's dispatch", exc_info=exc)
-            reply = error_reply(ProxyError("unhandled"), "en", request_id_from(request.headers.get("X-Request-Id")))
         self._answer(request, reply)
-        self._next()
+        if not self._in_next:
+            self._next()
 
     def _answer(self, request: H1Request, reply: Reply) -> None:
         self._active = None
@@ -321,8 +330,9 @@ class H1Protocol(asyncio.Protocol):
             self._close_gracefully()
 
     def _write(self, data: bytes) -> None:
+        """After the loop iteration's reads (``proxy.corking``), in order with closing."""
         if self.transport is not None and not self._closed:
-            self.transport.write(data)
+            self._cork.write(self.transport, data)
 
     def _fail(self, status: int) -> None:
         """A parser-level refusal: answered after the requests before it, then the connection closes."""
@@ -399,7 +409,7 @@ class H1Protocol(asyncio.Protocol):
             return
         self._stopped = True
         if transport.can_write_eof():
-            transport.write_eof()
+            self._cork.write_eof(transport)
             self._set_deadline(_LINGER, self._limits.linger_timeout)
         else:
             self._close()
@@ -407,7 +417,7 @@ class H1Protocol(asyncio.Protocol):
     def _close(self) -> None:
         if self.transport is not None and not self._closed:
             self._closed = True
-            self.transport.close()  # flushes what was written
+            self._cork.close(self.transport)  # after what was written
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from proxy.corking import Cork
 from proxy.h1.limits import H1Limits
 from proxy.h1.protocol import H1Protocol
 from proxy.h1.ticker import Ticker
@@ -26,6 +27,7 @@ class H1Server:
         self.limits = limits or H1Limits()
         self.loop = asyncio.get_running_loop()
         self.ticker = Ticker(self.loop)
+        self.cork = Cork(self.loop)  # every connection's writes, after each loop iteration's reads
         self.connections: set[H1Protocol] = set()
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
@@ -59,6 +61,7 @@ class H1Server:
         deadline = self.loop.time() + FLUSH_WAIT
         while any(conn.busy for conn in self.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
+        self.cork.flush()  # answers written this iteration go out before anything is aborted
         for conn in list(self.connections):
             conn.abort()
         if self._server is not None:

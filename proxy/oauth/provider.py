@@ -133,8 +133,9 @@ class TokenProvider:
 
     # --- public ----------------------------------------------------------------------------------
 
-    async def get(self) -> Token:
-        """A usable token. The hot path (a valid in-process token) does no I/O and never suspends."""
+    def peek(self) -> Token | None:
+        """The in-process token if it is usable now (counted as a memory hit), else None: a plain
+        call for the callback path, which takes the coroutine path when this says None."""
         held = self._held
         if held is not None:
             now = self._clock()
@@ -143,6 +144,13 @@ class TokenProvider:
                 if now >= held.refresh_at and self._refresh_task is None and not self._closed:
                     self._start_refresh(held)
                 return held.token
+        return None
+
+    async def get(self) -> Token:
+        """A usable token. The hot path (a valid in-process token) does no I/O and never suspends."""
+        token = self.peek()
+        if token is not None:
+            return token
         return await self._lookup(None)
 
     async def renew(self, rejected: str) -> Token:

@@ -97,6 +97,10 @@ class ConnectionLimits:
     def leave(self) -> None:
         self.requests -= 1
 
+    def can_take_now(self) -> bool:
+        """A request could enter and take a connection slot at once (nothing changed, nothing waits)."""
+        return self.requests < self.max_requests and self.active < self.max_connections and not self._waiters
+
     def try_acquire(self) -> bool:
         """Take a connection slot if one is free and nobody is queued ahead."""
         if self.active < self.max_connections and not self._waiters:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from functools import partial
 
 from yarl import URL
 
@@ -19,6 +20,7 @@ from proxy.errors import ProxyError, UpstreamError
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.headers import BadHeaderValue, answer_headers, wire_headers
 from proxy.otel import Span, Tracing
+from proxy.types import Done, report_to
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.transport import IDEMPOTENT, Event, Phase, UpstreamAnswer, UpstreamRequest, wire_error
 
@@ -54,56 +56,138 @@ class Forwarder:
         self._raw_path = url.raw_path_qs
 
     async def __call__(self, ex: Exchange) -> UpstreamResponse:
-        cluster = self.cluster
         method = ex.method
-        # POST and PATCH are never sent twice by the forwarder: the partner may have acted on the first.
-        may_retry = method in IDEMPOTENT and self.max_attempts > 1
         if ex.body is None and method in BODY_METHODS and ex.downstream.has_body:
             # Read after validation (a 405 must not wait for a body) and before taking a slot;
             # a route's body filter may have read it already, under the route's own limit.
             ex.body = await ex.downstream.read_body(DEFAULT_BODY_LIMIT)
-        upstream = UpstreamRequest(method, self._target(ex), wire_headers(ex.upstream_headers), ex.body or b"")
+        upstream = self._request(ex)
+        cluster = self.cluster
         cluster.enter()
         try:
             cluster.budget.on_request()
-            attempt = 0
-            while True:
-                attempt += 1
-                ex.attempts += 1
-                ex.breaker_state = cluster.breaker.state
-                span = ex.span
-                if span is None:
-                    request, client = upstream, None
-                else:
-                    request, client = self._traced(ex, span, upstream)
-                try:
-                    response = await self._attempt(request)
-                except UpstreamError as exc:
-                    if client is not None:
-                        client.end(None, exc.type)
-                    if (
-                        may_retry and exc.retryable and attempt < self.max_attempts and exc.kind in self.retry_on
-                        and self._breaker_allows() and self._may_retry(exc.kind)
-                    ):
-                        if span is not None:
-                            span.add_event("retry", {"partner_proxy.attempt": ex.attempts, "partner_proxy.retry_reason": exc.kind})
-                        await self._backoff(attempt)
-                        continue
-                    raise
-                except BaseException as exc:  # the breaker refused, the pool overflowed, or the app went away
-                    if client is not None:
-                        client.end(None, exc.type if isinstance(exc, ProxyError) else "cancelled")
-                    raise
-                if client is not None:
-                    client.end(response.status)
-                if response.status >= 500 and may_retry and attempt < self.max_attempts and "5xx" in self.retry_on and self._breaker_allows() and self._may_retry("5xx"):
-                    if span is not None:
-                        span.add_event("retry", {"partner_proxy.attempt": ex.attempts, "partner_proxy.retry_reason": f"status_{response.status}"})
-                    await self._backoff(attempt)
-                    continue
-                return response
+            return await self._attempts(ex, upstream, 0)
         finally:
             cluster.leave()
+
+    def _request(self, ex: Exchange) -> UpstreamRequest:
+        return UpstreamRequest(ex.method, self._target(ex), wire_headers(ex.upstream_headers), ex.body or b"")
+
+    async def _attempts(self, ex: Exchange, upstream: UpstreamRequest, attempt: int) -> UpstreamResponse:
+        """Attempts ``attempt + 1``, ``attempt + 2``... until one answers or may not be retried."""
+        while True:
+            attempt += 1
+            ex.attempts += 1
+            ex.breaker_state = self.cluster.breaker.state
+            span = ex.span
+            if span is None:
+                request, client = upstream, None
+            else:
+                request, client = self._traced(ex, span, upstream)
+            try:
+                response = await self._attempt(request)
+            except UpstreamError as exc:
+                if client is not None:
+                    client.end(None, exc.type)
+                reason = self._retry_reason(ex, attempt, exc, None)
+                if reason is None:
+                    raise
+                if span is not None:
+                    span.add_event("retry", {"partner_proxy.attempt": ex.attempts, "partner_proxy.retry_reason": reason})
+                await self._backoff(attempt)
+                continue
+            except BaseException as exc:  # the breaker refused, the pool overflowed, or the app went away
+                if client is not None:
+                    client.end(None, exc.type if isinstance(exc, ProxyError) else "cancelled")
+                raise
+            if client is not None:
+                client.end(response.status)
+            reason = self._retry_reason(ex, attempt, None, response)
+            if reason is None:
+                return response
+            if span is not None:
+                span.add_event("retry", {"partner_proxy.attempt": ex.attempts, "partner_proxy.retry_reason": reason})
+            await self._backoff(attempt)
+
+    # -- the callback path (proxy.fastpath): the first attempt without a coroutine --------------------
+
+    def can_start_now(self) -> bool:
+        """True when ``start`` will not wait: an http11 pool with a connection ready, a free slot."""
+        pool = self.cluster.pool
+        return pool is not None and self.cluster.limits.can_take_now() and pool.has_idle()
+
+    def start(self, ex: Exchange, done: Done) -> None:
+        """The first attempt as plain calls, when ``can_start_now()`` (tracing off, no body).
+
+        Raises what ``__call__`` would raise before anything is sent (``ClusterOverflow``,
+        ``CircuitOpen``). Otherwise ``done(response, None)`` or ``done(None, error)`` is called
+        once, from the connection's callbacks, or after a retry that runs as ``_attempts`` in a task.
+        """
+        upstream = self._request(ex)
+        cluster = self.cluster
+        cluster.enter()
+        try:
+            cluster.budget.on_request()
+            ex.attempts += 1
+            ex.breaker_state = cluster.breaker.state
+            limits = cluster.limits
+            if not limits.try_acquire():  # cannot happen right after can_start_now(); never wait here
+                raise limits.overflow("max_pending_requests")
+            trial, started = self._open_attempt()
+            pool = cluster.pool
+            assert pool is not None
+            on_answer = partial(self._answered, ex, upstream, trial, started, done)
+            if not pool.start(upstream, cluster.config.timeout, on_answer):  # cannot happen either (has_idle)
+                on_answer(None, wire_error(Phase.NOT_SENT, Event.CLOSED, ex.method, "no pooled connection ready"))
+        except BaseException:
+            cluster.leave()
+            raise
+
+    def _answered(
+        self, ex: Exchange, upstream: UpstreamRequest, trial: bool, started: float,
+        done: Done,
+        answer: UpstreamAnswer | None, exc: BaseException | None,
+    ) -> None:
+        response: UpstreamResponse | None = None
+        error: BaseException | None = None
+        try:
+            response = self._settle(upstream.method, trial, started, answer, exc)
+        except UpstreamError as failed:
+            error = failed
+        except BaseException as bug:  # raised as it is, like __call__ would: the listener answers 500
+            self.cluster.leave()
+            done(None, bug)
+            return
+        reason = self._retry_reason(ex, 1, error if isinstance(error, UpstreamError) else None, response)
+        if reason is None:
+            self.cluster.leave()
+            done(response, error)
+            return
+        task = asyncio.get_running_loop().create_task(self._retried(ex, upstream))
+        task.add_done_callback(partial(report_to, done))
+
+    async def _retried(self, ex: Exchange, upstream: UpstreamRequest) -> UpstreamResponse:
+        try:
+            await self._backoff(1)
+            return await self._attempts(ex, upstream, 1)
+        finally:
+            self.cluster.leave()
+
+    # -- one attempt ------------------------------------------------------------------------------------
+
+    def _retry_reason(self, ex: Exchange, attempt: int, exc: UpstreamError | None, response: UpstreamResponse | None) -> str | None:
+        """Why attempt ``attempt + 1`` is made (and counted, and budgeted), or None: no retry.
+        POST and PATCH are never sent twice by the forwarder: the partner may have acted on the first."""
+        if attempt >= self.max_attempts or ex.method not in IDEMPOTENT:
+            return None
+        if exc is not None:
+            if exc.retryable and exc.kind in self.retry_on and self._breaker_allows() and self._may_retry(exc.kind):
+                return exc.kind
+            return None
+        assert response is not None
+        if response.status >= 500 and "5xx" in self.retry_on and self._breaker_allows() and self._may_retry("5xx"):
+            return f"status_{response.status}"
+        return None
 
     def _traced(self, ex: Exchange, span: Span, upstream: UpstreamRequest) -> tuple[UpstreamRequest, Span | None]:
         """This attempt's CLIENT span, and the request carrying its id in ``traceparent``."""
@@ -132,40 +216,63 @@ class Forwarder:
         await asyncio.sleep(random.uniform(0, delay))  # full jitter
 
     async def _attempt(self, request: UpstreamRequest) -> UpstreamResponse:
-        cluster = self.cluster
-        limits = cluster.limits
+        limits = self.cluster.limits
         if not limits.try_acquire():
             await limits.acquire()  # bounded: max_pending_requests, pending_timeout -> ClusterOverflow
-        started = time.perf_counter()
-        status_label = "error"
-        breaker = cluster.breaker
+        trial, started = self._open_attempt()
         try:
-            # ``async with breaker.attempt()`` spelled out as plain calls (no guard object, no two
-            # coroutines per attempt); the same admit / record / release as ``Attempt``.
-            trial = breaker.admit()
-            try:
-                try:
-                    answer = await cluster.transport.send(request, timeout=cluster.config.timeout)
-                except UpstreamError as exc:
-                    if exc.kind == "timeout":
-                        status_label = "timeout"
-                    raise
-                response = _checked(answer, request.method, self.pass_back)
-                status_label = self._status_label(answer.status)
-            except UpstreamError as exc:
+            answer = await self.cluster.transport.send(request, timeout=self.cluster.config.timeout)
+        except UpstreamError as exc:
+            return self._settle(request.method, trial, started, None, exc)
+        except BaseException:  # cancelled (the app went away) or a bug: says nothing about the partner
+            self.cluster.breaker.release(trial)
+            self._close_attempt("error", started)
+            raise
+        return self._settle(request.method, trial, started, answer, None)
+
+    def _open_attempt(self) -> tuple[bool, float]:
+        """With a connection slot held: the breaker's admission (``CircuitOpen`` frees the slot)."""
+        started = time.perf_counter()
+        try:
+            trial = self.cluster.breaker.admit()
+        except BaseException:
+            self._close_attempt("error", started)
+            raise
+        return trial, started
+
+    def _settle(self, method: str, trial: bool, started: float, answer: UpstreamAnswer | None, exc: BaseException | None) -> UpstreamResponse:
+        """How an admitted attempt ended: told to the breaker, the slot freed, its duration observed;
+        the checked answer returned, or the attempt's ``UpstreamError`` raised."""
+        breaker = self.cluster.breaker
+        status_label = "error"
+        try:
+            if exc is not None:
+                if not isinstance(exc, UpstreamError):
+                    breaker.release(trial)  # a bug: says nothing about the partner
+                    raise exc
+                if exc.kind == "timeout":
+                    status_label = "timeout"
                 breaker.record(trial, exc.kind)
+                raise exc
+            assert answer is not None
+            try:
+                response = _checked(answer, method, self.pass_back)
+            except UpstreamError as violation:
+                breaker.record(trial, violation.kind)
                 raise
-            except BaseException:  # cancelled (the app went away) or a bug: says nothing about the partner
-                breaker.release(trial)
-                raise
+            status_label = self._status_label(answer.status)
             breaker.record(trial, "5xx" if answer.status >= 500 else None)
             return response
         finally:
-            limits.release()
-            hist = self._durations.get(status_label)
-            if hist is None:
-                hist = self._durations[status_label] = cluster.metrics.upstream_duration.labels(cluster.name, status_label)
-            hist.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
+            self._close_attempt(status_label, started)
+
+    def _close_attempt(self, status_label: str, started: float) -> None:
+        cluster = self.cluster
+        cluster.limits.release()
+        hist = self._durations.get(status_label)
+        if hist is None:
+            hist = self._durations[status_label] = cluster.metrics.upstream_duration.labels(cluster.name, status_label)
+        hist.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
 
     def _target(self, ex: Exchange) -> str:
         if ex.path_params is not None and self.path_template is not None:
@@ -193,3 +300,4 @@ def _checked(answer: UpstreamAnswer, method: str, pass_back: frozenset[str]) -> 
     except BadHeaderValue as exc:
         raise wire_error(Phase.ANSWERING, Event.VIOLATION, method, str(exc)) from exc
     return UpstreamResponse(answer.status, content_type, answer.body, headers=passed)
+

@@ -34,9 +34,12 @@ import re
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 
 import httptools
 
+from proxy.corking import Cork
 from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, map_exception, partner_url, wire_error
 
 MAX_HEAD = 64 * 1024
@@ -80,13 +83,12 @@ class StrictAnswer:
 
     __slots__ = (
         "parser", "max_body", "head_only", "received", "status", "headers", "body", "body_len",
-        "headers_done", "done", "leftover", "interim", "keep_alive", "framed", "head_len", "_te", "_on_done",
+        "headers_done", "done", "leftover", "interim", "keep_alive", "framed", "head_len", "_te",
     )
 
-    def __init__(self, max_body: int, on_done: object = None) -> None:
+    def __init__(self, max_body: int) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.max_body = max_body
-        self._on_done = on_done
         self.reset(False)
 
     def reset(self, head_only: bool) -> None:
@@ -209,8 +211,6 @@ class StrictAnswer:
 
     def _finish(self) -> None:
         self.done = True
-        if self._on_done is not None:
-            self._on_done()  # type: ignore[operator]
 
 
 def parser_content_length(headers: list[tuple[str, str]]) -> int | None:
@@ -221,17 +221,31 @@ def parser_content_length(headers: list[tuple[str, str]]) -> int | None:
     return None
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection; parses exactly one answer per request."""
+AnswerCallback = Callable[[UpstreamAnswer | None, BaseException | None], None]
 
-    def __init__(self, max_body: int) -> None:
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; parses exactly one answer per request.
+
+    The outcome of a request goes to one plain callback (``start``), so the same connection serves
+    the callback path (``Http11Pool.start``: no future, no task) and ``send``'s future. The callback
+    runs only after the chunk that completed the answer was fully parsed: bytes after the answer
+    must mark the connection unusable *before* anyone can reuse it. Requests are written through
+    the pool's ``Cork`` (``proxy.corking``): after the loop iteration's reads.
+    """
+
+    __slots__ = ("transport", "closed", "answer", "_on_answer", "reusable", "created", "idle_since", "deadline", "_cork")
+
+    def __init__(self, max_body: int, cork: Cork) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.answer = StrictAnswer(max_body, self._answered)
-        self._waiter: asyncio.Future[UpstreamAnswer] | None = None
+        self.answer = StrictAnswer(max_body)
+        self._on_answer: AnswerCallback | None = None
         self.reusable = False
         self.created = time.monotonic()
         self.idle_since = self.created
+        self.deadline = 0.0  # the callback path's timeout (the pool's coarse clock); 0: none
+        self._cork = cork
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -241,21 +255,19 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if self._on_answer is not None:
             if self.answer.eof():
-                self._answered()
+                self._deliver()
             else:
                 error = Closed("connection ended before a complete answer" + (f": {exc.__class__.__name__}" if exc else ""))
                 error.__cause__ = exc
-                waiter.set_exception(error)
+                self.fail(error)
 
     def eof_received(self) -> bool | None:
-        return False  # close the transport: connection_lost settles the waiter
+        return False  # close the transport: connection_lost settles the request
 
     def data_received(self, data: bytes) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if self._on_answer is None:
             self.close()  # bytes nobody asked for (e.g. after a complete answer): never reuse
             return
         answer = self.answer
@@ -263,29 +275,45 @@ class _Connection(asyncio.Protocol):
             answer.feed(data)
         except Violation as exc:
             self.close()
-            if not waiter.done():
-                waiter.set_exception(exc)
+            self.fail(exc)
             return
         if answer.leftover:
             self.reusable = False
             self.close()
+        if answer.done:
+            self._deliver()
 
-    def _answered(self) -> None:
+    def _deliver(self) -> None:
         answer = self.answer
-        waiter, self._waiter = self._waiter, None
-        self.reusable = answer.keep_alive and answer.framed
-        if waiter is not None and not waiter.done():
-            waiter.set_result(UpstreamAnswer(answer.status, answer.headers, bytes(answer.body)))
+        callback, self._on_answer = self._on_answer, None
+        if not self.closed:
+            self.reusable = answer.keep_alive and answer.framed
+        if callback is not None:
+            callback(UpstreamAnswer(answer.status, answer.headers, bytes(answer.body)), None)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the request in flight with ``exc`` (a violation, the connection's end, a timeout)."""
+        callback, self._on_answer = self._on_answer, None
+        if callback is not None:
+            callback(None, exc)
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def send(self, request: bytes, head_only: bool) -> asyncio.Future[UpstreamAnswer]:
+    def start(self, request: bytes, head_only: bool, on_answer: AnswerCallback) -> None:
         assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._on_answer = on_answer
         self.reusable = False
         self.answer.reset(head_only)
-        self.transport.write(request)
-        return self._waiter
+        self._cork.write(self.transport, request)
+
+    def send(self, request: bytes, head_only: bool) -> asyncio.Future[UpstreamAnswer]:
+        waiter: asyncio.Future[UpstreamAnswer] = asyncio.get_running_loop().create_future()
+        self.start(request, head_only, partial(_resolve, waiter))
+        return waiter
+
+    @property
+    def busy(self) -> bool:
+        return self._on_answer is not None
 
     @property
     def received(self) -> int:
@@ -294,12 +322,21 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self._cork.close(self.transport)
 
     def abort(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+def _resolve(waiter: asyncio.Future[UpstreamAnswer], answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
+    if waiter.done():
+        return
+    if exc is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(answer)  # type: ignore[arg-type]
 
 
 class Http11Pool:
@@ -336,12 +373,18 @@ class Http11Pool:
         self.max_age = max_connection_duration  # 0: no limit
         self._idle: deque[_Connection] = deque()
         self._closed = False
+        # the callback path's requests in flight, expired by one coarse timer (``start``)
+        self._busy: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cork: Cork | None = None  # requests go out after the loop iteration's reads
+        self._tick = 0.05
+        self._tick_handle: asyncio.TimerHandle | None = None
 
     async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
+        loop, cork = self._loop_and_cork()
         async with asyncio.timeout(self.connect_timeout):
             _, conn = await loop.create_connection(
-                lambda: _Connection(self.max_body), self.host, self.port,
+                lambda: _Connection(self.max_body, cork), self.host, self.port,
                 ssl=self.ssl, server_hostname=self.host if self.ssl else None,
             )
         return conn
@@ -379,12 +422,77 @@ class Http11Pool:
         head = "".join(lines).encode("utf-8", "replace")
         return head + body if body else head
 
+    def _loop_and_cork(self) -> tuple[asyncio.AbstractEventLoop, Cork]:
+        loop, cork = self._loop, self._cork
+        if loop is None or cork is None:
+            loop = self._loop = asyncio.get_running_loop()
+            cork = self._cork = Cork(loop)
+        return loop, cork
+
+    def has_idle(self) -> bool:
+        """A pooled connection is ready now (``start`` will not need to connect)."""
+        conn = self._take_idle()
+        if conn is None:
+            return False
+        self._idle.append(conn)
+        return True
+
+    def start(self, request: UpstreamRequest, timeout: float, on_done: Callable[[UpstreamAnswer | None, BaseException | None], None]) -> bool:
+        """The callback path: send on a pooled connection and call ``on_done(answer, None)`` or
+        ``on_done(None, error)`` (our ``UpstreamError``, or the exception itself if no table entry
+        maps it: a bug) from the connection's own callbacks. False, with nothing done, when no
+        pooled connection is ready: connecting needs a coroutine, ``send``.
+
+        The timeout is the pool's coarse clock (a tick of at most 50 ms over every request in flight)
+        instead of a timer per request.
+        """
+        conn = self._take_idle()
+        if conn is None:
+            return False
+        loop, _ = self._loop_and_cork()
+        data = self.request_bytes(request.method, request.target, request.headers, request.body)
+        conn.deadline = loop.time() + timeout
+        self._busy.add(conn)
+        if self._tick_handle is None:
+            self._tick = max(0.005, min(0.05, timeout / 4))
+            self._tick_handle = loop.call_later(self._tick, self._expire_busy)
+        try:
+            conn.start(data, request.method == "HEAD", partial(self._started_done, conn, request.method, timeout, on_done))
+        except Exception as exc:  # the write itself failed: nothing was sent
+            self._busy.discard(conn)
+            on_done(None, self._failure(exc, conn, Phase.NOT_SENT, request.method, timeout))
+        return True
+
+    def _started_done(
+        self, conn: _Connection, method: str, timeout: float,
+        on_done: Callable[[UpstreamAnswer | None, BaseException | None], None],
+        answer: UpstreamAnswer | None, exc: BaseException | None,
+    ) -> None:
+        self._busy.discard(conn)
+        conn.deadline = 0.0
+        if exc is not None:
+            on_done(None, self._failure(exc, conn, Phase.SENT, method, timeout))
+            return
+        self._recycle(conn)
+        on_done(answer, None)
+
+    def _expire_busy(self) -> None:
+        self._tick_handle = None
+        busy = self._busy
+        if not busy or self._loop is None:
+            return
+        now = self._loop.time()
+        for conn in [c for c in busy if c.deadline and c.deadline <= now]:
+            conn.fail(TimeoutError())
+        if busy:
+            self._tick_handle = self._loop.call_later(self._tick, self._expire_busy)
+
     async def send(self, request: UpstreamRequest, *, timeout: float) -> UpstreamAnswer:
         """Send one request and read its answer within ``timeout`` seconds (connect included)."""
         data = self.request_bytes(request.method, request.target, request.headers, request.body)
         conn: _Connection | None = None
         phase = Phase.NOT_SENT
-        loop = asyncio.get_running_loop()
+        loop, _ = self._loop_and_cork()
         deadline = loop.time() + timeout
         try:
             conn = self._take_idle()
@@ -401,28 +509,43 @@ class Http11Pool:
             finally:
                 timer.cancel()
         except Exception as exc:
-            if conn is not None:
-                conn.abort()  # its state is unknown: never reuse it
-                if phase is Phase.SENT and conn.received:
-                    phase = Phase.ANSWERING
-            event = map_exception(EXCEPTIONS, exc)
-            if event is None:
+            error = self._failure(exc, conn, phase, request.method, timeout)
+            if error is exc:
                 raise
-            raise wire_error(phase, event, request.method, _detail(exc, phase, timeout)) from exc
+            raise error from exc
         except BaseException:  # cancelled: the app went away
             if conn is not None:
                 conn.abort()
             raise
+        self._recycle(conn)
+        return answer
+
+    def _failure(self, exc: BaseException, conn: _Connection | None, phase: Phase, method: str, timeout: float) -> BaseException:
+        """The error a failed request ends with; the connection is never reused (its state is unknown)."""
+        if conn is not None:
+            conn.abort()
+            if phase is Phase.SENT and conn.received:
+                phase = Phase.ANSWERING
+        event = map_exception(EXCEPTIONS, exc)
+        if event is None:
+            return exc  # not ours to map: a bug, raised as it is
+        error = wire_error(phase, event, method, _detail(exc, phase, timeout))
+        error.__cause__ = exc  # as ``raise ... from exc`` would (send re-raises it so)
+        return error
+
+    def _recycle(self, conn: _Connection) -> None:
         now = time.monotonic()
         if conn.reusable and not conn.closed and not self._closed and len(self._idle) < self.max_idle and not (self.max_age and now - conn.created > self.max_age):
             conn.idle_since = now
             self._idle.append(conn)
         else:
             conn.close()
-        return answer
 
     async def close(self) -> None:
         self._closed = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
         while self._idle:
             self._idle.pop().close()
 
