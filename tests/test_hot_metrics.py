@@ -5,6 +5,7 @@ the periodic and the final flush) with ``serve --workers N``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -232,6 +233,10 @@ def test_multiprocess_hot_counts_reach_the_files_at_a_scrape_and_each_tick(tmp_p
     assert registry.get_sample_value("partner_proxy_request_duration_seconds_count", {"route": "r"}) == 5
 
 
+def breaker_pids(text: str) -> set[str]:
+    return {line.split('pid="')[1].split('"')[0] for line in text.splitlines() if line.startswith("partner_proxy_circuit_breaker_state{")}
+
+
 @pytest.mark.process
 @pytest.mark.timeout(120)
 async def test_workers_flush_their_last_counts_when_they_stop(sandbox: TestServer, tmp_path: Path) -> None:
@@ -244,6 +249,11 @@ async def test_workers_flush_their_last_counts_when_they_stop(sandbox: TestServe
         await sidecar.start()
         n = 40
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+            # readyz answered from one worker; a SIGTERM before the other has its handlers kills it
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(breaker_pids(await sidecar.metrics(fresh))) < 2:
+                assert asyncio.get_running_loop().time() < deadline, "the second worker did not start"
+                await asyncio.sleep(0.1)
             for _ in range(n):
                 status, _ = await get_products(fresh, sidecar)
                 assert status == 200
