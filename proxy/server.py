@@ -170,12 +170,18 @@ class Server:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            await self.close()
+            try:
+                await self.close()
+            finally:
+                # The hot metric children's last counts: with --workers N this worker's files
+                # outlive it and later scrapes still add them up.
+                self.state.metrics.flush()
         return 0
 
     async def _refresh_gauges(self) -> None:
         """Once a second: the worker's memory and descriptors (read in a thread); in multiprocess
-        mode also the gauges that a single process computes at scrape time."""
+        mode also the gauges that a single process computes at scrape time, and the hot metric
+        children's counts (``Metrics.refresh_gauges``)."""
         metrics = self.state.metrics
         while True:
             await metrics.sample_process()

@@ -114,7 +114,7 @@ class TokenProvider:
 
         name = self._name
         self._lookups = {layer: metrics.token_lookups.labels(name, layer) for layer in ("memory", "redis", "miss")}
-        self._hit_memory = self._lookups["memory"]
+        self._hit_memory = metrics.hot_counter(metrics.token_lookups, name, "memory")  # the per-request one: lock-free
         self._layer_of = {"memory": "memory", "redis": "redis", "fetch": "miss"}
         self._fetches = {r: metrics.token_fetches.labels(name, r) for r in ("success", *REASONS)}
         # Live at scrape time (not a value set now and stale later); weak so the registry does not

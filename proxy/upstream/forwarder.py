@@ -271,7 +271,7 @@ class Forwarder:
         cluster.limits.release()
         hist = self._durations.get(status_label)
         if hist is None:
-            hist = self._durations[status_label] = cluster.metrics.upstream_duration.labels(cluster.name, status_label)
+            hist = self._durations[status_label] = cluster.metrics.hot_histogram(cluster.metrics.upstream_duration, cluster.name, status_label)
         hist.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
 
     def _target(self, ex: Exchange) -> str:
