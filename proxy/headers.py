@@ -65,27 +65,31 @@ def upstream_headers(
     """The app's headers minus everything a proxy must not forward, the route's own headers
     (``upstream.headers``, replacing the app's), a fresh ``Date`` when the route asks, and the
     trace context: our ``traceparent`` and the incoming ``tracestate``, checked and unchanged."""
-    upstream = CIMultiDict[str]()
     drop = DROP_HEADERS
     connection = headers.get("Connection")
     if connection:  # RFC 9110 7.6.1: headers the Connection header names are hop-by-hop too
         drop = drop | {token.strip().lower() for token in connection.split(",")}
+    kept = []
     for name, value in headers.items():
         if name.lower() not in drop:
             if not value.isascii():
                 # The pure-Python parser hands non-UTF-8 bytes over as surrogates, which the
                 # client cannot encode; forward them as replacement characters instead of a 500.
                 value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            upstream.add(name, value)
+            kept.append((name, value))
+    upstream = CIMultiDict(kept)
     for name, value in set_headers:
         upstream[name] = value
     if date is not None:
         upstream["Date"] = date
-    upstream["Accept-Encoding"] = "identity"  # success bodies pass through untouched, never re-encoded
-    upstream["X-Request-Id"] = request_id
-    upstream["traceparent"] = traceparent
+    # The app cannot have sent these (DROP_HEADERS); only the route's own headers could name them,
+    # so without those a plain append does (no search for an existing name).
+    put = upstream.__setitem__ if set_headers else upstream.add
+    put("Accept-Encoding", "identity")  # success bodies pass through untouched, never re-encoded
+    put("X-Request-Id", request_id)
+    put("traceparent", traceparent)
     if tracestate:
-        upstream["tracestate"] = tracestate
+        put("tracestate", tracestate)
     return upstream
 
 

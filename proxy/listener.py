@@ -123,17 +123,18 @@ class Listener:
         """The request's state once a route matched: ids, trace context, the partner's headers."""
         headers = downstream.headers
         request_id = request_id_from(headers.get("X-Request-Id"))
+        incoming = headers.get("traceparent")
         tracing = runtime.tracing
         span = None
         if tracing.enabled:  # the one check tracing costs when off
             span = tracing.server_span(
-                route.path, downstream.method, traceparent=headers.get("traceparent"), tracestate=headers.get("tracestate"),
+                route.path, downstream.method, traceparent=incoming, tracestate=headers.get("tracestate"),
                 path=downstream.path, attributes={"partner_proxy.route": route.name, "partner_proxy.cluster": route.cluster},
             )
         date = self._date() if route.date else None
         if span is None:
-            traceparent = child_traceparent(headers.get("traceparent"))
-            tracestate = forwarded_tracestate(headers.get("traceparent"), headers.get("tracestate"))
+            traceparent = child_traceparent(incoming)
+            tracestate = forwarded_tracestate(incoming, headers.get("tracestate")) if incoming else None
         else:  # the forwarder replaces it with each attempt's CLIENT span
             traceparent, tracestate = span.traceparent, span.tracestate
         forwarded = upstream_headers(headers, request_id, traceparent, tracestate, route.set_headers, date)
@@ -150,7 +151,8 @@ class Listener:
         )
         if route.query:
             query = downstream.query
-            ex.upstream_query = {name: query[name] for name in route.query if name in query}
+            if query:
+                ex.upstream_query = {name: query[name] for name in route.query if name in query}
         for observer in runtime.start_observers:
             observer.on_start(ex, route)
         return ex

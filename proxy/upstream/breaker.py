@@ -77,6 +77,7 @@ class BreakerGuard:
         # Our own (public) memory storage, so when the breaker opened is read through pybreaker's
         # documented storage API rather than the breaker's private ``_state_storage``.
         self._storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+        self._state = "closed"  # pybreaker calls _Listener on each change of it
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=config.fail_max,
             state_storage=self._storage,
@@ -88,7 +89,8 @@ class BreakerGuard:
 
     @property
     def state(self) -> str:
-        return _STATE_NAMES.get(self._breaker.current_state, "closed")
+        """pybreaker's state by our name, mirrored on every transition (read on every attempt)."""
+        return self._state
 
     def retry_after(self) -> float:
         opened_at = self._storage.opened_at
@@ -98,6 +100,7 @@ class BreakerGuard:
         return float(min(math.ceil(self.config.reset_timeout), max(1, math.ceil(left))))
 
     def _on_transition(self, old: str, new: str) -> None:
+        self._state = new
         if old == new:
             return
         self._metrics.breaker_transitions.labels(self.cluster, old, new).inc()
@@ -113,9 +116,9 @@ class BreakerGuard:
 
     def admit(self) -> bool:
         """Raise CircuitOpen or return whether this attempt is a half-open trial."""
-        state = self._breaker.current_state
-        if state == pybreaker.STATE_CLOSED:
+        if self._state == "closed":
             return False
+        state = self._breaker.current_state
         if state == pybreaker.STATE_OPEN:
             if self._still_open():
                 raise CircuitOpen(self.cluster, self.retry_after())
@@ -134,9 +137,9 @@ class BreakerGuard:
         """Tell pybreaker how an admitted attempt ended (``None`` = success or a non-counting error)."""
         if trial:
             self._trials -= 1
-        state = self._breaker.current_state
-        if failure_kind is None and state == pybreaker.STATE_CLOSED and not self._breaker.fail_counter:
+        if failure_kind is None and self._state == "closed" and not self._storage.counter:
             return  # the common case: nothing for pybreaker to reset or count (saves its locks and listeners)
+        state = self._breaker.current_state
         if state == pybreaker.STATE_OPEN:
             return  # another attempt already opened it; a late answer must not close or extend it
         if state == pybreaker.STATE_HALF_OPEN and not trial:

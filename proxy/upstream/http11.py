@@ -431,6 +431,9 @@ class Http11Pool:
 
     def has_idle(self) -> bool:
         """A pooled connection is ready now (``start`` will not need to connect)."""
+        idle = self._idle
+        if idle and self._usable(idle[-1], time.monotonic()):
+            return True  # the one ``_take_idle`` hands out first
         conn = self._take_idle()
         if conn is None:
             return False
@@ -543,7 +546,9 @@ class Http11Pool:
 
     async def close(self) -> None:
         self._closed = True
-        if self._tick_handle is not None:
+        if self._tick_handle is not None and not self._busy:
+            # requests still in flight (a reload replaced this cluster) keep their timeouts:
+            # the clock stops by itself once the last one ended
             self._tick_handle.cancel()
             self._tick_handle = None
         while self._idle:
