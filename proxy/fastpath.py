@@ -5,8 +5,8 @@ Why: on the benchmark a Task per request, the futures, and the coroutine frames 
 the transport cost more CPU than the sidecar's features. Most requests need none of that: the
 token is in memory, a pooled connection and a slot are free, and there is no body to read. Such a
 request runs its route's own filters as plain calls around ``Forwarder.start``:
-``ValidateRequest.check``, ``InjectCredentials.attach``, then ``RewriteErrors.record`` and
-``InjectCredentials.rejected``. It is answered from the partner connection's ``data_received``.
+``ValidateRequest.check``, ``InjectCredentials.attach``, then ``VerifyAnswer.check``,
+``RewriteErrors.record`` and ``InjectCredentials.rejected``. It is answered from the partner connection's ``data_received``.
 
 The same request takes a coroutine wherever it has to wait:
 - Before anything happened (``FastRoute.run`` says False): no token in memory, or no connection
@@ -19,7 +19,7 @@ Either way the outcome comes back through one ``Done`` callback. Behaviour, metr
 the chain's: these are the same filter objects, called in the same order.
 
 A route qualifies (``FastRoute.of``) when its filters are, in this order, some of ``validate``,
-``credentials`` and ``error_rewrite`` (``body``, ``sign`` and ``verify`` read a body or use the
+``credentials``, ``error_rewrite`` and ``verify`` (``body`` and ``sign`` read a body or use the
 executor), and its cluster's transport is ``http11``. A request qualifies when tracing is off and its
 method has no body to forward.
 """
@@ -35,17 +35,18 @@ from proxy.exchange import Exchange, UpstreamResponse
 from proxy.filters.credentials import InjectCredentials
 from proxy.filters.error_rewrite import RewriteErrors
 from proxy.filters.validate import ValidateRequest
+from proxy.filters.verify import VerifyAnswer
 from proxy.oauth.token import Token
 from proxy.types import Done, Filter, Next, report_to
 from proxy.upstream.forwarder import BODY_METHODS, Forwarder
 
-_ORDER: tuple[type, ...] = (ValidateRequest, InjectCredentials, RewriteErrors)
+_ORDER: tuple[type, ...] = (ValidateRequest, InjectCredentials, RewriteErrors, VerifyAnswer)
 
 
 class FastRoute:
     """One route's callback path, compiled with its chain from the same filter objects."""
 
-    __slots__ = ("validate", "credentials", "rewrite", "forwarder", "_inner")
+    __slots__ = ("validate", "credentials", "rewrite", "verify", "forwarder", "_inner")
 
     def __init__(
         self,
@@ -53,13 +54,15 @@ class FastRoute:
         validate: ValidateRequest | None = None,
         credentials: InjectCredentials | None = None,
         rewrite: RewriteErrors | None = None,
+        verify: VerifyAnswer | None = None,
     ) -> None:
         self.validate = validate
         self.credentials = credentials
         self.rewrite = rewrite
+        self.verify = verify
         self.forwarder = forwarder
         # what a renewed token is re-sent through: the chain inside the credential filter
-        self._inner: Next = build_chain([rewrite] if rewrite is not None else [], forwarder)
+        self._inner: Next = build_chain([f for f in (rewrite, verify) if f is not None], forwarder)
 
     @classmethod
     def of(cls, filters: Sequence[Filter], forwarder: Forwarder) -> FastRoute | None:
@@ -80,6 +83,7 @@ class FastRoute:
             validate=found.get(ValidateRequest),  # type: ignore[arg-type]
             credentials=found.get(InjectCredentials),  # type: ignore[arg-type]
             rewrite=found.get(RewriteErrors),  # type: ignore[arg-type]
+            verify=found.get(VerifyAnswer),  # type: ignore[arg-type]
         )
 
     def run(self, ex: Exchange, finish: Done) -> bool:
@@ -111,6 +115,8 @@ class FastRoute:
             return
         assert response is not None
         try:
+            if self.verify is not None:  # innermost: a 200 without a valid signature never reaches the app
+                self.verify.check(ex, response)
             if self.rewrite is not None:
                 self.rewrite.record(ex, response)
             credentials = self.credentials

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app import LISTENER
 from proxy.listener import Listener
-from tests.helpers import JSON_HEADERS, Rig, make_rig, patched_routes, sandbox_app, shipped_config
+from tests.helpers import JSON_HEADERS, ROUTES, TEST_CLIENT, Rig, make_rig, patched_routes, sandbox_app, shipped_config
+from tests.keys import keys_for_tests
+from tests.test_partner_api import order
+
+
+# PARTNER_PROXY_TEST_CLIENT=aiohttp runs the suite with ``client: aiohttp`` clusters, which have no
+# callback path (the last test shows that); the rest of this module is about that path.
+on_http11 = pytest.mark.skipif(TEST_CLIENT == "aiohttp", reason="the callback path needs the http11 transport")
 
 
 @pytest.fixture
@@ -70,6 +78,7 @@ async def get(rig: Rig, **headers: str) -> tuple[int, dict[str, Any] | bytes, di
     return resp.status, parsed, dict(resp.headers)
 
 
+@on_http11
 async def test_a_warm_get_takes_the_callback_path(aiohttp_client: Any, sandbox: TestServer) -> None:
     rig, stream = await new_rig(aiohttp_client, sandbox)
     listener = listener_of(rig)
@@ -86,6 +95,7 @@ async def test_a_warm_get_takes_the_callback_path(aiohttp_client: Any, sandbox: 
     assert listener.inflight == 0
 
 
+@on_http11
 @pytest.mark.parametrize(
     "headers, status, code",
     [
@@ -104,6 +114,7 @@ async def test_validation_answers_on_the_callback_path(
     assert rig.partner.product_calls == []
 
 
+@on_http11
 async def test_a_wrong_method_is_405_without_a_task(aiohttp_client: Any, sandbox: TestServer) -> None:
     rig, _ = await new_rig(aiohttp_client, sandbox)
     listener = listener_of(rig)
@@ -134,6 +145,7 @@ def outcome(got: tuple[int, Any, dict[str, str]]) -> tuple[int, Any]:
     return status, body
 
 
+@on_http11
 @pytest.mark.parametrize("fault", FAULTS)
 async def test_both_paths_give_the_same_outcome(aiohttp_client: Any, sandbox: TestServer, fault: str) -> None:
     cold_rig, cold_log = await new_rig(aiohttp_client, sandbox)
@@ -155,6 +167,7 @@ async def test_both_paths_give_the_same_outcome(aiohttp_client: Any, sandbox: Te
     assert listener_of(warm_rig).inflight == 0
 
 
+@on_http11
 async def test_a_rejected_token_is_renewed_and_the_request_sent_again(aiohttp_client: Any, sandbox: TestServer) -> None:
     rig, stream = await new_rig(aiohttp_client, sandbox)
     await get(rig)
@@ -171,6 +184,7 @@ async def test_a_rejected_token_is_renewed_and_the_request_sent_again(aiohttp_cl
     assert len(tokens) == 3 and tokens[0] == tokens[1] != tokens[2], "the rejected token once, then a fresh one"
 
 
+@on_http11
 async def test_a_hanging_partner_times_out_on_the_coarse_clock(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path) -> None:
     routes = patched_routes(tmp_path, {"    timeout: 10s                         # whole partner call": "    timeout: 300ms"})
     rig, stream = await new_rig(aiohttp_client, sandbox, routes)
@@ -187,6 +201,7 @@ async def test_a_hanging_partner_times_out_on_the_coarse_clock(aiohttp_client: A
     assert (await get(rig))[0] == 200
 
 
+@on_http11
 async def test_the_drain_waits_for_a_request_on_the_callback_path(aiohttp_client: Any, sandbox: TestServer) -> None:
     rig, _ = await new_rig(aiohttp_client, sandbox)
     await get(rig)
@@ -200,3 +215,35 @@ async def test_the_drain_waits_for_a_request_on_the_callback_path(aiohttp_client
     assert not await listener.wait_idle(0.05), "in flight: not idle yet"
     assert await listener.wait_idle(5.0)
     assert (await slow)[0] == 200
+
+
+@on_http11
+async def test_order_status_is_verified_on_the_callback_path(aiohttp_client: Any, sandbox: TestServer) -> None:
+    rig, _ = await new_rig(aiohttp_client, sandbox)
+    listener = listener_of(rig)
+    for request_id, product in (("fp-ok", "25k-xl"), ("fp-missing", "sign-missing"), ("fp-bad", "sign-bad")):
+        resp = await rig.client.post("/v1/orders", data=order(request_id, product_code=product), headers=JSON_HEADERS)
+        assert resp.status == 200, await resp.text()
+    assert listener.task_requests == 3 and listener.callback_requests == 0, "a body route always takes a task"
+    ok = await rig.client.get("/v1/orders/fp-ok", headers=JSON_HEADERS)
+    raw = await ok.read()
+    assert ok.status == 200 and keys_for_tests().sandbox.verifier.verify(raw, ok.headers["Signature"])
+    for request_id, reason in (("fp-missing", "missing"), ("fp-bad", "invalid")):
+        bad = await rig.client.get(f"/v1/orders/{request_id}", headers=JSON_HEADERS)
+        assert bad.status == 502 and "Signature" not in bad.headers
+        assert (await bad.json())["error"]["code"] == "PARTNER_SIGNATURE_INVALID"
+        assert f'partner_proxy_signature_failures_total{{reason="{reason}",route="order_status"}} 1.0' in await rig.metrics()
+    assert listener.callback_requests == 3
+    unknown = await rig.client.get("/v1/orders/fp-never", headers=JSON_HEADERS)  # P02: not signed, mapped
+    assert unknown.status == 404 and (await unknown.json())["error"]["type"] == "OrderNotFound"
+    assert listener.callback_requests == 4
+
+
+async def test_an_aiohttp_cluster_takes_the_task_path(aiohttp_client: Any, sandbox: TestServer, tmp_path: Path) -> None:
+    text = ROUTES.read_text()
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(re.sub(r"^    (# )?client: \w+.*$", "    client: aiohttp", text, count=1, flags=re.M))
+    rig, _ = await new_rig(aiohttp_client, sandbox, routes)
+    listener = listener_of(rig)
+    assert (await get(rig))[0] == (await get(rig))[0] == 200
+    assert (listener.task_requests, listener.callback_requests) == (2, 0)

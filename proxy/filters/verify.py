@@ -34,7 +34,10 @@ class VerifyAnswer:
         return cls(verifier, verify.header, ctx.route.name, ctx.cluster.name, ctx.metrics, ctx.notify)
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        response = await next(ex)
+        return self.check(ex, await next(ex))
+
+    def check(self, ex: Exchange, response: UpstreamResponse) -> UpstreamResponse:
+        """The answer, or ``SignatureInvalid`` raised: a plain call (the callback path uses it as is)."""
         if response.status != 200:
             return response
         signature = next_value(response.headers, self.header)
