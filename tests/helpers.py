@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
 import re
 import tempfile
@@ -157,3 +159,16 @@ def sandbox_app(**settings: Any) -> web.Application:
 
     settings.setdefault("keys", keys_for_tests().sandbox)  # the pairs sandbox_env gives the sidecar
     return build_sandbox_app(SandboxSettings(CLIENT_ID, CLIENT_SECRET, **settings))
+
+
+async def partner_calls(stream: io.StringIO, at_least: int, tries: int = 300) -> list[dict[str, Any]]:
+    """The ``partner_call`` records in a communication log stream, once there are ``at_least``
+    (the log's background thread writes them a little later)."""
+    for _ in range(tries):
+        lines = [json.loads(line) for line in stream.getvalue().splitlines() if line]
+        calls = [r for r in lines if r.get("event") == "partner_call"]
+        if len(calls) >= at_least:
+            return calls
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"fewer than {at_least} partner_call records: {stream.getvalue()!r}")
+

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app import LISTENER
 from proxy.listener import Listener
-from tests.helpers import JSON_HEADERS, ROUTES, TEST_CLIENT, Rig, make_rig, patched_routes, sandbox_app, shipped_config
+from tests.helpers import JSON_HEADERS, ROUTES, TEST_CLIENT, Rig, make_rig, partner_calls, patched_routes, sandbox_app, shipped_config
 from tests.keys import keys_for_tests
 from tests.test_partner_api import order
 
@@ -58,16 +58,6 @@ def listener_of(rig: Rig) -> Listener:
     return listener
 
 
-async def records(stream: io.StringIO, at_least: int) -> list[dict[str, Any]]:
-    for _ in range(300):  # written by the log's background thread
-        lines = [json.loads(line) for line in stream.getvalue().splitlines() if line]
-        calls = [r for r in lines if r.get("event") == "partner_call"]
-        if len(calls) >= at_least:
-            return calls
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"fewer than {at_least} partner_call records: {stream.getvalue()!r}")
-
-
 async def get(rig: Rig, **headers: str) -> tuple[int, dict[str, Any] | bytes, dict[str, str]]:
     resp = await rig.client.get("/v1/products", headers={**JSON_HEADERS, **headers})
     body = await resp.read()
@@ -88,7 +78,7 @@ async def test_a_warm_get_takes_the_callback_path(aiohttp_client: Any, sandbox: 
     assert (listener.task_requests, listener.callback_requests) == (1, 1)
     assert first[0] == second[0] == 200 and first[1] == second[1]
     assert len(rig.partner.product_calls) == 2
-    cold, warm = await records(stream, 2)
+    cold, warm = await partner_calls(stream, 2)
     assert cold["token_source"] == "fetch" and warm["token_source"] == "memory"
     assert warm["attempts"] == 1 and warm["status"] == 200 and warm["partner_status"] == 200
     assert rig.partner.product_calls[-1].headers["Authorization"] == rig.partner.product_calls[0].headers["Authorization"]
@@ -160,8 +150,8 @@ async def test_both_paths_give_the_same_outcome(aiohttp_client: Any, sandbox: Te
     assert listener_of(warm_rig).callback_requests == 1, "the warm request started on the callback path"
     assert outcome(warm) == outcome(cold)
     assert len(warm_rig.partner.product_calls) - before == cold_calls, "as many partner calls (retries) on both paths"
-    (cold_rec,) = await records(cold_log, 1)
-    warm_rec = (await records(warm_log, 2))[-1]
+    (cold_rec,) = await partner_calls(cold_log, 1)
+    warm_rec = (await partner_calls(warm_log, 2))[-1]
     same = ("status", "partner_status", "partner_code", "error_type", "attempts", "token_retried", "route", "cluster", "method")
     assert {k: warm_rec[k] for k in same} == {k: cold_rec[k] for k in same}
     assert listener_of(warm_rig).inflight == 0
@@ -178,7 +168,7 @@ async def test_a_rejected_token_is_renewed_and_the_request_sent_again(aiohttp_cl
     assert got[0] == 200, got
     listener = listener_of(rig)
     assert listener.callback_requests == 1
-    record = (await records(stream, 2))[-1]
+    record = (await partner_calls(stream, 2))[-1]
     assert record["token_retried"] is True and record["attempts"] == 2 and record["status"] == 200
     tokens = [c.headers["Authorization"] for c in rig.partner.product_calls]
     assert len(tokens) == 3 and tokens[0] == tokens[1] != tokens[2], "the rejected token once, then a fresh one"
@@ -195,7 +185,7 @@ async def test_a_hanging_partner_times_out_on_the_coarse_clock(aiohttp_client: A
     assert got[0] == 504 and isinstance(got[1], dict) and got[1]["error"]["code"] == "UPSTREAM_TIMEOUT", got
     assert 0.25 < took < 3.0, f"answered after {took:.2f}s for a 300 ms timeout"
     assert listener_of(rig).callback_requests == 1
-    record = (await records(stream, 2))[-1]
+    record = (await partner_calls(stream, 2))[-1]
     assert record["attempts"] == 1 and record["status"] == 504
     # the hung connection is never reused: the next request works
     assert (await get(rig))[0] == 200

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.config import load_config
 from proxy.errors import ConfigError
-from tests.helpers import ERRORS, ROUTES, Rig, make_rig, patched_routes, sandbox_app, sandbox_env, shipped_config
+from tests.helpers import ERRORS, ROUTES, Rig, make_rig, partner_calls, patched_routes, sandbox_app, sandbox_env, shipped_config
 from tests.otlp_receiver import Got, OtlpReceiver, closed_port_url, start_otlp_receiver
 from tests.process import Sidecar, get_products, metric_value
 
@@ -74,16 +73,6 @@ def by_kind(spans: list[Got]) -> tuple[list[Got], list[Got], list[Got]]:
     return servers, attempts, fetches
 
 
-async def comm_records(stream: io.StringIO, at_least: int) -> list[dict[str, Any]]:
-    for _ in range(200):  # written by the log's background thread
-        lines = [json.loads(line) for line in stream.getvalue().splitlines() if line]
-        calls = [r for r in lines if r.get("event") == "partner_call"]
-        if len(calls) >= at_least:
-            return calls
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"only {stream.getvalue()!r}")
-
-
 def sample(rig: Rig, name: str, **labels: str) -> float:
     return rig.state.metrics.registry.get_sample_value(name, labels) or 0.0
 
@@ -107,7 +96,7 @@ async def test_server_client_and_token_spans_are_linked_and_propagated(
     call = rig.partner.product_calls[-1]
     assert call.headers["traceparent"] == f"00-{TRACE_ID}-{client.span_id}-01"  # the CLIENT span's id upstream
     assert call.headers["tracestate"] == TRACESTATE                            # unchanged
-    (record,) = await comm_records(stream, 1)
+    (record,) = await partner_calls(stream, 1)
     assert record["traceparent"] == call.headers["traceparent"]                 # the log says what the partner got
 
     assert server.name == "GET /v1/products" and server.resource["service.name"] == "pp-e2e"
@@ -377,7 +366,7 @@ async def test_tracing_off_still_propagates_the_trace_context(aiohttp_client: An
     assert call.headers["tracestate"] == TRACESTATE  # W3C: a proxy forwards it, tracing or not
     assert (await rig.get(headers={"traceparent": "00-" + "0" * 32 + "-" + PARENT_ID + "-01", "tracestate": TRACESTATE})).status == 200
     assert "tracestate" not in rig.partner.product_calls[-1].headers  # no valid parent: it belongs to no trace
-    (record, _) = await comm_records(stream, 2)
+    (record, _) = await partner_calls(stream, 2)
     assert record["traceparent"] == call.headers["traceparent"]
 
 
