@@ -36,6 +36,8 @@ class BodyIncomplete(DownstreamError):
 
 def split_target(target: str) -> tuple[str, str, str]:
     """(decoded path, raw path, raw query string) of a request target in any of the four forms."""
+    if target[:1] == "/" and "?" not in target and "%" not in target and "#" not in target:
+        return target, target, ""  # the usual origin-form target: nothing to split or decode
     if target.startswith("/"):
         path, _, rest = target.partition("?")
         query = rest.partition("#")[0]
