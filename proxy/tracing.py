@@ -19,16 +19,26 @@ _LANG_RE = re.compile(r"^[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*$|^\*$")
 _random = random.Random()
 
 
+_bits = _random.getrandbits
+
+
 def new_request_id() -> str:
-    return _random.randbytes(16).hex()  # half the cost of formatting getrandbits(128)
+    return _bits(128).to_bytes(16, "little").hex()  # half the cost of formatting the int as hex
 
 
 _ZERO_SPAN = "0" * 16
 
 
 def _span_id() -> str:
-    span = _random.randbytes(8).hex()
+    span = _bits(64).to_bytes(8, "little").hex()
     return span if span != _ZERO_SPAN else "0000000000000001"  # all zeros is not a valid span id
+
+
+def _new_trace() -> str:
+    """A new sampled traceparent: trace and span id from one draw."""
+    ids = _bits(192).to_bytes(24, "little").hex()
+    span = ids[32:]
+    return f"00-{ids[:32]}-{span if span != _ZERO_SPAN else '0000000000000001'}-01"
 
 
 def request_id_from(header: str | None) -> str:
@@ -49,7 +59,7 @@ def child_traceparent(header: str | None) -> str:
             version, trace_id, parent_id, flags = m.groups()
             if version != "ff" and trace_id != "0" * 32 and parent_id != "0" * 16:
                 return f"00-{trace_id}-{_span_id()}-{flags}"
-    return f"00-{new_request_id()}-{_span_id()}-01"
+    return _new_trace()
 
 
 MAX_TRACESTATE = 512  # W3C Trace Context: a vendor may truncate past 512 characters; we forward or drop

@@ -172,12 +172,10 @@ class Cluster:
                 idle_timeout=config.idle_timeout,
                 max_connection_duration=config.max_connection_duration,
             )
+        # the http11 transport, or None when the cluster uses aiohttp (read on every callback-path request)
+        self.pool: Http11Pool | None = self.transport if isinstance(self.transport, Http11Pool) else None
         metrics.unmapped.labels(self.name)  # exists at 0, so increase() sees the first unmapped code
 
-    @property
-    def pool(self) -> Http11Pool | None:
-        """The http11 transport, or None when the cluster uses aiohttp."""
-        return self.transport if isinstance(self.transport, Http11Pool) else None
 
     def enter(self) -> None:
         """Count a request into the cluster, or refuse it at once past ``max_requests``."""
