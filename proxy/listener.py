@@ -1,5 +1,7 @@
-"""The data listener's core, whatever server parsed the request: match a route, run its chain,
-render the answer or the error as a ``Reply``, and let the runtime's observers see it. With
+"""The data listener's core, whatever server parsed the request: match a route, run its chain
+(as plain calls on the route's callback path, ``proxy.fastpath``, when nothing has to be waited
+for; otherwise in a task), render the answer or the error as a ``Reply``, and let the runtime's
+observers see it. With
 tracing on, the request's SERVER span starts and ends here (the forwarder adds a CLIENT span per
 partner attempt under it).
 

@@ -54,9 +54,10 @@ class H1Server:
             conn.drain()
 
     async def close(self) -> None:
-        """End every connection. A request whose dispatch just finished is still written first (its
-        answer is written from the Task's done callback, after ``Listener.wait_idle`` saw it finish);
-        that wait is bounded by ``FLUSH_WAIT``."""
+        """End every connection. A request that just finished is still written first: its answer
+        may come from a task's done callback after ``Listener.wait_idle`` saw it finish (that wait is
+        bounded by ``FLUSH_WAIT``), and answers queued in the cork this iteration are flushed before
+        anything is aborted."""
         await self.stop_accepting()
         deadline = self.loop.time() + FLUSH_WAIT
         while any(conn.busy for conn in self.connections) and self.loop.time() < deadline:
