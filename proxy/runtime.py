@@ -19,7 +19,7 @@ from proxy.chain import build_chain
 from proxy.classify import Classifier
 from proxy.commlog import LogPolicy
 from proxy.config import LoadedConfig
-from proxy.config.models import NotificationsConfig
+from proxy.config.models import ListenerConfig, NotificationsConfig
 from proxy.config.templates import parse_template
 from proxy.fastpath import FastRoute
 from proxy.filters import FilterContext, build_filters
@@ -45,6 +45,7 @@ class Runtime:
     local_language: LanguagePicker          # for requests no route matched
     notifications: NotificationsConfig
     drain_timeout: float
+    limits: ListenerConfig                  # the h1 listener's (``H1Limits``): read once per new connection
     tracing: Tracing                        # a long-lived resource, replaced only when its settings change
 
 
@@ -117,6 +118,7 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
         local_language=LanguagePicker(frozenset(first.languages()), first.default_language),
         notifications=cfg.notifications,
         drain_timeout=cfg.drain_timeout,
+        limits=cfg.listener,
         tracing=tracing,
     )
     return runtime

@@ -105,7 +105,8 @@ class Server:
         cfg = self.loaded.proxy
         await self.state.open()
         self.listener = Listener(self.state.current)
-        self.h1 = H1Server(self.listener)
+        state = self.state
+        self.h1 = H1Server(self.listener, lambda: state.current().limits)  # a reload applies to new connections
         try:
             await self.h1.start(cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port)
         except BaseException:

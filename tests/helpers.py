@@ -124,7 +124,9 @@ class H1TestServer(BaseTestServer):
             return
         await self.state.open()
         self.listener = Listener(self.state.current)
-        self.h1 = H1Server(self.listener, self.limits)
+        state = self.state
+        # fixed limits if the test gave some, else the running config's (``listener:``), as serve does
+        self.h1 = H1Server(self.listener, self.limits if self.limits is not None else (lambda: state.current().limits))
         await self.h1.start("127.0.0.1", 0)
         self.port = self.h1.port
         self.scheme = "http"

@@ -237,6 +237,26 @@ class TracingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """The ``listener:`` block: the data listener's safety limits, what a client may send and how long
+    it may take (``proxy.h1``, where it is ``H1Limits``). Sizes are bytes; defaults in the spirit of
+    nginx's and Envoy's: a few KiB per line, about a hundred headers, seconds for a head."""
+
+    max_request_line: int = 8190        # target bytes; over it: 414 (the contract allows 4xx before the envelope)
+    max_field_size: int = 8190          # one header line (name + value); over it: 431
+    max_headers: int = 100              # header lines; over it: 431
+    max_head_bytes: int = 64 * 1024     # the whole head, counted as bytes arrive (a dripping client too): 431
+    max_body_buffer: int = 1024 * 1024  # body bytes buffered per request; the route's own limit is smaller (413)
+    max_pipelined: int = 16             # parsed requests waiting behind the one in flight; more: stop reading
+    header_timeout: Duration = 10.0     # first byte of a request to the end of its head; then 408 and close
+    body_timeout: Duration = 30.0       # end of the head to the end of the body; then close
+    keepalive_timeout: Duration = 60.0  # an idle keep-alive connection is closed after this
+    linger_timeout: Duration = 2.0      # after an early answer (413, 405 on a body), discard the rest this long
+    write_buffer_high: int = 64 * 1024  # transport write buffer above this: stop reading (the client reads slowly)
+    write_buffer_low: int = 16 * 1024   # ...resume below this
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
     admin: AdminConfig = AdminConfig(ListenAddress("0.0.0.0", 9901))
@@ -248,3 +268,4 @@ class ProxyConfig:
     log: LogConfig = LogConfig()
     drain_timeout: Duration = 5.0
     tracing: TracingConfig = TracingConfig()
+    listener: ListenerConfig = ListenerConfig()

@@ -1,4 +1,4 @@
-"""routes.yaml as a whole: listeners, token cache, credentials, clusters (breaker, retry, limits),
+"""routes.yaml as a whole: listeners (and the data listener's limits), token cache, credentials, clusters (breaker, retry, limits),
 notifications, log, tracing and drain timeout around the ``routes[]`` entries (``route_entries``)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from proxy.config.models import (
     BreakerConfig,
     ClusterConfig,
     CredentialsConfig,
+    ListenerConfig,
     LogConfig,
     NotificationsConfig,
     ProxyConfig,
@@ -179,6 +180,39 @@ def _tracing(s: Section) -> TracingConfig:
     return cfg
 
 
+LISTENER_SIZES = (
+    "max_request_line", "max_field_size", "max_headers", "max_head_bytes", "max_body_buffer",
+    "max_pipelined", "write_buffer_high", "write_buffer_low",
+)
+LISTENER_TIMEOUTS = ("header_timeout", "body_timeout", "keepalive_timeout", "linger_timeout")
+
+
+def _listener(s: Section) -> ListenerConfig:
+    """The ``listener:`` block: the data listener's limits (``proxy.h1``); a missing key keeps its default."""
+    d = defaults(ListenerConfig)
+    values: dict[str, int | float] = {key: s.integer(key, d[key], minimum=1) for key in LISTENER_SIZES}
+    for key in LISTENER_TIMEOUTS:
+        values[key] = s.duration(key, d[key])
+        if values[key] <= 0:
+            s.ctx.error(s.line_of(key), s.key_path(key), f"must be more than 0, not {values[key]:g}s; write e.g. 500ms or 10s")
+            values[key] = d[key]
+    cfg = ListenerConfig(**values)  # type: ignore[arg-type]
+    pairs = (
+        ("write_buffer_low", "write_buffer_high", cfg.write_buffer_low >= cfg.write_buffer_high, "not below"),
+        ("max_field_size", "max_head_bytes", cfg.max_field_size > cfg.max_head_bytes, "above"),
+        ("max_request_line", "max_head_bytes", cfg.max_request_line > cfg.max_head_bytes, "above"),
+    )
+    for low, high, wrong, how in pairs:
+        if wrong:
+            key = high if s.has(high) and not s.has(low) else low  # the line of the key that was written
+            s.ctx.error(
+                s.line_of(key), s.key_path(key),
+                f"{low} {getattr(cfg, low)} is {how} {high} {getattr(cfg, high)}; lower {low} or raise {high}",
+            )
+    s.finish()
+    return cfg
+
+
 def parse_routes(ctx: Ctx, data: LineDict) -> ProxyConfig | None:
     d = defaults(ProxyConfig)
     top = Section(ctx, data, "", 1)
@@ -235,6 +269,7 @@ def parse_routes(ctx: Ctx, data: LineDict) -> ProxyConfig | None:
     log = _log(top.section("log"))
     drain = top.duration("drain_timeout", d["drain_timeout"])
     tracing = _tracing(top.section("tracing"))
+    listener = _listener(top.section("listener"))
     top.finish()
     return ProxyConfig(
         listen=listen,
@@ -247,4 +282,5 @@ def parse_routes(ctx: Ctx, data: LineDict) -> ProxyConfig | None:
         log=log,
         drain_timeout=drain,
         tracing=tracing,
+        listener=listener,
     )

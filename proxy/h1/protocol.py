@@ -73,12 +73,14 @@ class ServerSide(Protocol):
     """What a connection needs from its server (``proxy.h1.server.H1Server``)."""
 
     listener: Listener
-    limits: H1Limits
     ticker: Ticker
     loop: asyncio.AbstractEventLoop
     connections: set[H1Protocol]
     closing: bool
     cork: Cork
+
+    @property
+    def limits(self) -> H1Limits: ...  # read once per connection, in __init__ (a reload applies to new connections)
 
 
 class H1Protocol(asyncio.Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 from proxy.corking import Cork
 from proxy.h1.limits import H1Limits
@@ -22,9 +23,17 @@ FLUSH_WAIT = 1.0  # seconds close() waits for answers of requests that are finis
 
 
 class H1Server:
-    def __init__(self, listener: Listener, limits: H1Limits | None = None) -> None:
+    """``limits``: fixed ``H1Limits``, or a callable giving the current ones (``serve`` passes the
+    running config's, so a reload applies to the connections accepted after it). A connection reads
+    them once, when it is made; it keeps them for its life."""
+
+    def __init__(self, listener: Listener, limits: H1Limits | Callable[[], H1Limits] | None = None) -> None:
         self.listener = listener
-        self.limits = limits or H1Limits()
+        if limits is None or isinstance(limits, H1Limits):
+            fixed = limits or H1Limits()
+            self._limits: Callable[[], H1Limits] = lambda: fixed
+        else:
+            self._limits = limits
         self.loop = asyncio.get_running_loop()
         self.ticker = Ticker(self.loop)
         self.cork = Cork(self.loop)  # every connection's writes, after each loop iteration's reads
@@ -40,6 +49,11 @@ class H1Server:
             self._server = await self.loop.create_server(
                 lambda: H1Protocol(self), host, port, reuse_port=reuse_port or None, backlog=1024,
             )
+
+    @property
+    def limits(self) -> H1Limits:
+        """The limits a connection made now gets (``H1Protocol.__init__`` reads them once)."""
+        return self._limits()
 
     @property
     def port(self) -> int:
