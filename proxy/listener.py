@@ -53,10 +53,16 @@ class Listener:
         return True
 
     def local_reply(self, downstream: Downstream, error: ProxyError) -> Reply:
-        """An error before any route matched (no route, a bad Expect): the envelope and a request id."""
+        """An error before any route matched (no route, a bad path parameter, a bad Expect): the
+        envelope and a request id; with tracing on, a SERVER span named by the method alone."""
         started = time.perf_counter()
         runtime = self._runtime()
         headers = downstream.headers
+        span = None
+        if runtime.tracing.enabled:
+            span = runtime.tracing.server_span(
+                None, downstream.method, traceparent=headers.get("traceparent"), tracestate=headers.get("tracestate"), path=downstream.path,
+            )
         ex = Exchange(
             downstream=downstream,
             method=downstream.method,
@@ -65,8 +71,11 @@ class Listener:
             traceparent="",
             started=started,
             upstream_headers=CIMultiDict(),
+            span=span,
         )
         reply = error_reply(error, ex.language, ex.request_id)
+        if span is not None:
+            span.end(reply.status, error.type)
         for observer in runtime.observers:
             observer.on_finish(ex, None, reply.status, None)
         return reply

@@ -114,6 +114,26 @@ async def test_server_client_and_token_spans_are_linked_and_propagated(
     assert server.start_ns <= fetch.start_ns <= client.start_ns <= client.end_ns <= server.end_ns
 
 
+async def test_a_request_no_route_takes_gets_a_server_span_named_by_its_method(
+    aiohttp_client: Any, sandbox: TestServer, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rig = await traced_rig(aiohttp_client, sandbox, monkeypatch, receiver.base, tmp_path)
+    resp = await rig.client.get("/v1/nowhere", headers={"traceparent": INCOMING})
+    assert resp.status == 404
+    bad = await rig.client.get("/v1/orders/..%2Fproducts", headers={"traceparent": UNSAMPLED})  # unsampled: not exported
+    assert bad.status == 400
+    (server,) = await receiver.wait_for(1)
+    assert server.is_server and server.name == "GET"  # no route: the method alone (HTTP semantic conventions)
+    assert server.trace_id == TRACE_ID and server.parent_span_id == PARENT_ID
+    assert server.attributes == {
+        "http.request.method": "GET", "url.path": "/v1/nowhere", "http.response.status_code": 404,
+        "error.type": "RouteNotFound", "partner_proxy.error_type": "RouteNotFound",
+    }
+    await asyncio.sleep(0.2)  # two export periods: nothing else arrives
+    assert len(receiver.spans) == 1
+    assert rig.partner.product_calls == []
+
+
 async def test_no_or_invalid_traceparent_starts_a_new_trace(
     aiohttp_client: Any, sandbox: TestServer, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

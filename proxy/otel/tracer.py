@@ -276,7 +276,7 @@ class Tracing:
 
     def server_span(
         self,
-        route: str,
+        route: str | None,
         method: str,
         *,
         traceparent: str | None = None,
@@ -285,7 +285,8 @@ class Tracing:
         attributes: Mapping[str, Any] | None = None,
         start_ns: int | None = None,
     ) -> Span | None:
-        """The SERVER span of one app request, named ``"{method} {route template}"``; None when off.
+        """The SERVER span of one app request, named ``"{method} {route template}"`` (just the
+        method when no route matched, as the HTTP semantic conventions name it); None when off.
 
         An incoming sampled/unsampled ``traceparent`` decides (parent-based sampling); an absent
         or invalid one starts a new trace subject to the ratio. An unsampled span still has ids,
@@ -298,9 +299,12 @@ class Tracing:
         ctx = trace_api.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
         # No attribute goes to the sampler (none of ours reads them): an unsampled span skips the
         # allow-list check altogether.
-        span = tracer.start_span(f"{method} {route}", ctx, SpanKind.SERVER, None, start_time=start_ns, record_exception=False, set_status_on_exception=False)
+        name = f"{method} {route}" if route is not None else method
+        span = tracer.start_span(name, ctx, SpanKind.SERVER, None, start_time=start_ns, record_exception=False, set_status_on_exception=False)
         if span.is_recording():
-            attrs: dict[str, Any] = {"http.request.method": method, "http.route": route}
+            attrs: dict[str, Any] = {"http.request.method": method}
+            if route is not None:
+                attrs["http.route"] = route
             if path is not None:
                 attrs["url.path"] = path
             if attributes:
