@@ -83,9 +83,9 @@ class Listener:
     def handle(self, downstream: Downstream, done: Callable[[Reply], None]) -> None:
         """Answer ``downstream`` through ``done`` (called once; maybe before this returns).
 
-        The server's entry point: a request no route takes is answered here and now; a route with a
-        callback path (``proxy.fastpath``) runs as plain calls when it can; the rest run
-        ``dispatch``'s coroutine in a task.
+        The entry point of both servers (h1, and the aiohttp adapter through a future): a request no
+        route takes is answered here and now; a route with a callback path (``proxy.fastpath``) runs
+        as plain calls when it can; the rest run the route's chain (``_run``) in a task.
         """
         started = time.perf_counter()
         runtime = self._runtime()
@@ -116,19 +116,6 @@ class Listener:
         self.task_requests += 1
         task = asyncio.get_running_loop().create_task(self._run(runtime, route, ex))
         task.add_done_callback(partial(_reply_to, done, ex))
-
-    async def dispatch(self, downstream: Downstream) -> Reply:
-        """The coroutine path for a whole request (the aiohttp adapter awaits it)."""
-        started = time.perf_counter()
-        runtime = self._runtime()
-        try:
-            matched = runtime.routes.match(downstream.path)
-        except InvalidPathParameter as exc:  # checked before anything else happens
-            return self.local_reply(downstream, exc)
-        if matched is None:
-            return self.local_reply(downstream, RouteNotFound())
-        route, params = matched
-        return await self._run(runtime, route, self._exchange(runtime, downstream, route, params, started))
 
     def _exchange(self, runtime: Runtime, downstream: Downstream, route: CompiledRoute, params: dict[str, str] | None, started: float) -> Exchange:
         """The request's state once a route matched: ids, trace context, the partner's headers."""
@@ -251,6 +238,6 @@ def _reply_to(done: Callable[[Reply], None], ex: Exchange, task: asyncio.Task[Re
         reply = task.result()
     except BaseException as exc:
         if not isinstance(exc, asyncio.CancelledError):
-            log.error("bug in the data listener's dispatch", exc_info=exc)
+            log.error("bug in the data listener's task", exc_info=exc)
         reply = error_reply(ProxyError("unhandled"), ex.language, ex.request_id)
     done(reply)

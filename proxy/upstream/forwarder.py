@@ -149,7 +149,7 @@ class Forwarder:
         answer: UpstreamAnswer | None, exc: BaseException | None,
     ) -> None:
         response: UpstreamResponse | None = None
-        error: BaseException | None = None
+        error: UpstreamError | None = None
         try:
             response = self._settle(upstream.method, trial, started, answer, exc)
         except UpstreamError as failed:
@@ -158,7 +158,7 @@ class Forwarder:
             self.cluster.leave()
             done(None, bug)
             return
-        reason = self._retry_reason(ex, 1, error if isinstance(error, UpstreamError) else None, response)
+        reason = self._retry_reason(ex, 1, error, response)
         if reason is None:
             self.cluster.leave()
             done(response, error)
