@@ -101,7 +101,9 @@ class Listener:
         ex = self._exchange(runtime, downstream, route, params, started)
         fast = route.fast
         if fast is not None and ex.span is None:
-            self._enter()
+            if not self.inflight:  # as _enter()
+                self._idle.clear()
+            self.inflight += 1
             finish = partial(self._finish_fast, runtime, route, ex, done)
             try:
                 taken = fast.run(ex, finish)
@@ -136,17 +138,12 @@ class Listener:
         else:  # the forwarder replaces it with each attempt's CLIENT span
             traceparent, tracestate = span.traceparent, span.tracestate
         forwarded = upstream_headers(headers, request_id, traceparent, tracestate, route.set_headers, date)
-        ex = Exchange(
-            downstream=downstream,
-            method=downstream.method,
-            request_id=request_id,
-            language=route.language(headers.get("Accept-Language")),
-            traceparent=traceparent,
-            started=started,
-            upstream_headers=forwarded,
-            span=span,
-            path_params=params,
-        )
+        # positional: keyword arguments cost a slots dataclass ~0.7 us more per request
+        ex = Exchange(downstream, downstream.method, request_id, route.language(headers.get("Accept-Language")), traceparent, started, forwarded)
+        if span is not None:
+            ex.span = span
+        if params is not None:
+            ex.path_params = params
         if route.query:
             query = downstream.query
             if query:
@@ -200,7 +197,9 @@ class Listener:
         upstream: UpstreamResponse | None, error: BaseException | None,
     ) -> None:
         """The callback path's end: the same rendering and observers as ``_run`` (no span: tracing is off)."""
-        self._leave()
+        self.inflight -= 1  # as _leave()
+        if not self.inflight:
+            self._idle.set()
         try:
             if error is None:
                 assert upstream is not None

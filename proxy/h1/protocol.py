@@ -57,6 +57,9 @@ SINGLETON_HEADERS = (
     "Max-Forwards", "Server", "Transfer-Encoding", "User-Agent",
 )
 
+# the method names as str without a decode per request (llhttp refused any other method)
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
+
 # what the deadline is for (expire() acts on it)
 _NONE, _HEAD, _BODY, _IDLE, _LINGER = 0, 1, 2, 3, 4
 
@@ -67,6 +70,13 @@ class _Reject(Exception):
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status = status
+
+
+def _refuse_repeated_singletons(headers: CIMultiDictProxy[str]) -> None:
+    """Only called when some header name came twice (rare): the full check stays off the usual path."""
+    for name in SINGLETON_HEADERS:
+        if len(headers.getall(name, ())) > 1:
+            raise _Reject(400, f"{name} twice")
 
 
 class ServerSide(Protocol):
@@ -217,22 +227,25 @@ class H1Protocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        headers = CIMultiDictProxy(CIMultiDict(self._headers))
-        for name in SINGLETON_HEADERS:
-            if name in headers and len(headers.getall(name)) > 1:
-                raise _Reject(400, f"{name} twice")
-        target = b"".join(self._url).decode("ascii", "surrogateescape")
-        length = headers.get("Content-Length")
-        content_length = int(length) if length is not None else None  # llhttp: one run of digits
-        has_body = bool(content_length) or "Transfer-Encoding" in headers
+        fields = self._headers
+        names = {name.lower() for name, _ in fields}  # one pass answers "is it there?" for the rest
+        headers = CIMultiDictProxy(CIMultiDict(fields))
+        if len(fields) != len(names):
+            _refuse_repeated_singletons(headers)  # some name came twice: is it one that must not?
+        url = self._url
+        target = (url[0] if len(url) == 1 else b"".join(url)).decode("ascii", "surrogateescape")
+        content_length = int(headers["Content-Length"]) if "content-length" in names else None  # llhttp: one run of digits
+        has_body = bool(content_length) or "transfer-encoding" in names
         version = parser.get_http_version()
+        method = parser.get_method()
         request = H1Request(
-            parser.get_method().decode("ascii"), target, headers, version, parser.should_keep_alive(),
+            _METHODS.get(method) or method.decode("ascii"), target, headers, version, parser.should_keep_alive(),
             has_body, content_length, self._limits.max_body_buffer,
         )
-        expect = headers.get("Expect")
-        if expect is not None and (expect.lower() != "100-continue" or version != "1.1"):
-            request.local_error = ExpectationFailed()
+        if "expect" in names:
+            expect = headers["Expect"]
+            if expect.lower() != "100-continue" or version != "1.1":
+                request.local_error = ExpectationFailed()
         self._receiving = request
         self._queue.append(request)
         if has_body:

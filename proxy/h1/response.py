@@ -35,15 +35,15 @@ def encode_reply(reply: Reply, date: bytes, close: bool, head_only: bool) -> byt
     if text.count("\n") != lines or text.count("\r") != lines:
         raise UnsafeHeader("CR or LF in a reply header")
     body = reply.body
-    head = b"".join((
+    return b"".join((  # one copy of the body, into the one buffer written
         status_line(reply.status),
         text.encode("utf-8", "surrogateescape"),
         b"Content-Length: %d\r\n" % len(body),
         date,
         _CLOSE if close else b"",
         b"\r\n",
+        b"" if head_only else body,
     ))
-    return head if head_only or not body else head + body
 
 
 def plain(status: int, date: bytes) -> bytes:
