@@ -99,4 +99,4 @@ async def test_a_tls_token_cache_makes_no_blocking_calls(aiohttp_client: Any, sa
         stored = await check.get("partner-proxy:token:tokopedia")
     finally:
         await check.aclose()
-    assert stored is not None and rig.partner.tokens_issued[-1] in stored.decode()
+    assert isinstance(stored, bytes) and rig.partner.tokens_issued[-1] in stored.decode()

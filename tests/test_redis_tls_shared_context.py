@@ -215,7 +215,8 @@ async def test_a_certificate_for_another_host_is_refused(root: Path, pki: Pki) -
             with pytest.raises(Exception) as info:
                 await client.get("partner-proxy:token:tls-ctx-0")
             assert failure_reason(info.value).startswith(TLS_REASON)
-            chain, cur = [], info.value
+            chain: list[BaseException] = []
+            cur: BaseException | None = info.value
             while cur is not None and len(chain) < 10:
                 chain.append(cur)
                 cur = cur.__cause__ or cur.__context__

@@ -18,11 +18,12 @@ context per connection object, reading the CA bundle and the certificate files f
 event loop each time (``RedisSSLContext.get``); it has no parameter for a ready context, so the
 connection classes here are ``SSLConnection`` subclasses whose ``RedisSSLContext`` starts with the
 shared context already set, which ``get`` then returns as is. The files are read once, when the
-client is built; replacing them on disk takes effect on the next start (or a reload that changes
-``token_cache``), not on the next connection.
+client is built (at start-up; on a reload only when ``token_cache`` changed, since the stores are
+kept per ``TokenCacheConfig``); replacing them on disk takes effect on the next start, not on the
+next connection.
 
-Apart from reading the TLS files, no I/O happens here. Timeouts are explicit (redis-py waits 5 s or forever by default), timeouts are
-never retried, and one immediate retry on a dropped connection is allowed (it hides a stale pooled
+Apart from reading the TLS files, no I/O happens here. Timeouts are explicit (redis-py waits 5 s
+or forever by default), timeouts are never retried, and one immediate retry on a dropped connection is allowed (it hides a stale pooled
 connection after a restart or a failover).
 
 ``failure_reason`` maps an exception to a fixed phrase for the one log line per outage; redis-py's
