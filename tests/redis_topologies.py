@@ -115,6 +115,17 @@ def make_pki(directory: Path) -> Pki:
     return Pki(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key", d / "other-ca.crt")
 
 
+def make_server_cert(pki: Pki, name: str, san: str) -> tuple[Path, Path]:
+    """Another server certificate from the same CA, for ``san`` only (e.g. ``DNS:cache.other.example``):
+    a certificate that verifies, but for another host."""
+    d = pki.ca.parent
+    (d / f"{name}.ext").write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+             "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+    return d / f"{name}.crt", d / f"{name}.key"
+
+
 # --- processes -----------------------------------------------------------------------------------
 
 
@@ -199,6 +210,11 @@ def node_conf(port: int, directory: Path, *, acl: str = SIDECAR_ACL, tls: Pki | 
             f"tls-key-file {tls.server_key}",
             f"tls-ca-cert-file {tls.ca}",
             "tls-auth-clients optional",  # a client certificate is checked when one is sent
+            # What this node sends when it is the client (a replica, a sentinel, the cluster bus):
+            # the client certificate (the server one is for serverAuth only), and TLS throughout.
+            f"tls-client-cert-file {tls.client_cert}",
+            f"tls-client-key-file {tls.client_key}",
+            "tls-replication yes",
         ]
     return "\n".join(lines) + "\n" + extra
 
@@ -210,6 +226,7 @@ class Topology:
     url: str
     procs: list[RedisProc]
     root: Path
+    tls: Pki | None = None  # every node and sentinel is TLS-only, certificates from this PKI
 
     def cleanup(self) -> None:
         for p in self.procs:
@@ -224,10 +241,14 @@ def temp_root(prefix: str) -> Path:
 # --- TLS -----------------------------------------------------------------------------------------
 
 
-def start_tls(root: Path, pki: Pki) -> RedisProc:
+def start_tls(root: Path, pki: Pki, *, cert: tuple[Path, Path] | None = None) -> RedisProc:
+    """A TLS-only node; ``cert``: its (certificate, key) instead of the PKI's server certificate."""
     port = free_port()
     d = root / f"tls-{port}"
-    return RedisProc(d, port, node_conf(port, d, tls=pki)).start()
+    conf = node_conf(port, d, tls=pki)
+    if cert is not None:
+        conf = conf.replace(f"tls-cert-file {pki.server_cert}", f"tls-cert-file {cert[0]}").replace(f"tls-key-file {pki.server_key}", f"tls-key-file {cert[1]}")
+    return RedisProc(d, port, conf).start()
 
 
 # --- Sentinel ------------------------------------------------------------------------------------
@@ -235,9 +256,20 @@ def start_tls(root: Path, pki: Pki) -> RedisProc:
 SERVICE = "pp-master"
 
 
-def sentinel_conf(port: int, directory: Path, master_port: int) -> str:
+def sentinel_conf(port: int, directory: Path, master_port: int, tls: Pki | None = None) -> str:
+    ports = [f"port {port}"] if tls is None else [
+        "port 0",
+        f"tls-port {port}",
+        f"tls-cert-file {tls.server_cert}",
+        f"tls-key-file {tls.server_key}",
+        f"tls-ca-cert-file {tls.ca}",
+        f"tls-client-cert-file {tls.client_cert}",
+        f"tls-client-key-file {tls.client_key}",
+        "tls-auth-clients optional",
+        "tls-replication yes",  # a sentinel talks TLS to the data nodes and the other sentinels
+    ]
     return "\n".join([
-        f"port {port}",
+        *ports,
         "bind 127.0.0.1",
         "protected-mode no",
         f"dir {directory}",
@@ -252,44 +284,56 @@ def sentinel_conf(port: int, directory: Path, master_port: int) -> str:
     ]) + "\n"
 
 
-def _cli(port: int, *args: str) -> str:
+def _tls_args(tls: Pki | None) -> list[str]:
+    return [] if tls is None else ["--tls", "--cacert", str(tls.ca), "--cert", str(tls.client_cert), "--key", str(tls.client_key)]
+
+
+def _cli(port: int, *args: str, tls: Pki | None = None) -> str:
     out = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--user", ADMIN_USER, "--pass", ADMIN_PASSWORD, "--no-auth-warning", *args],
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *_tls_args(tls), "--user", ADMIN_USER, "--pass", ADMIN_PASSWORD, "--no-auth-warning", *args],
         capture_output=True, text=True, timeout=10, check=False,
     )
     return out.stdout
 
 
-def _sentinel_cli(port: int, *args: str) -> str:
-    out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True, timeout=10, check=False)
+def _sentinel_cli(port: int, *args: str, tls: Pki | None = None) -> str:
+    out = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *_tls_args(tls), *args], capture_output=True, text=True, timeout=10, check=False)
     return out.stdout
 
 
-def start_sentinel_topology() -> Topology:
-    """One master, one replica, three sentinels (quorum 2); returns once the sentinels see each other."""
+def tls_query(tls: Pki, ca: Path | None = None) -> str:
+    """The REDIS_URL query of a TLS topology: our CA (or ``ca``) and the client certificate."""
+    return f"?ssl_ca_certs={ca or tls.ca}&ssl_certfile={tls.client_cert}&ssl_keyfile={tls.client_key}"
+
+
+def start_sentinel_topology(tls: Pki | None = None) -> Topology:
+    """One master, one replica, three sentinels (quorum 2); returns once the sentinels see each other.
+
+    ``tls``: every node and sentinel TLS-only (replication and sentinel links too); the URL is
+    ``rediss+sentinel://`` with the CA and the client certificate."""
     root = temp_root("pp-sentinel-")
     procs: list[RedisProc] = []
-    topo = Topology("", procs, root)
+    topo = Topology("", procs, root, tls)
     try:
         mport = free_port()
-        master = RedisProc(root / "master", mport, node_conf(mport, root / "master"))
+        master = RedisProc(root / "master", mport, node_conf(mport, root / "master", tls=tls))
         procs.append(master.start())
         rport = free_port()
         replica_extra = f"replicaof 127.0.0.1 {mport}\nmasteruser {ADMIN_USER}\nmasterauth {ADMIN_PASSWORD}\n"
         # The master may become a replica after a failover: it needs the same credentials.
         master.conf_path.write_text(master.conf_path.read_text() + f"masteruser {ADMIN_USER}\nmasterauth {ADMIN_PASSWORD}\n")
-        _cli(mport, "CONFIG", "SET", "masteruser", ADMIN_USER)
-        _cli(mport, "CONFIG", "SET", "masterauth", ADMIN_PASSWORD)
-        replica = RedisProc(root / "replica", rport, node_conf(rport, root / "replica", extra=replica_extra))
+        _cli(mport, "CONFIG", "SET", "masteruser", ADMIN_USER, tls=tls)
+        _cli(mport, "CONFIG", "SET", "masterauth", ADMIN_PASSWORD, tls=tls)
+        replica = RedisProc(root / "replica", rport, node_conf(rport, root / "replica", tls=tls, extra=replica_extra))
         procs.append(replica.start())
-        wait_for(lambda: "master_link_status:up" in _cli(rport, "INFO", "replication"), 10, "replica in sync")
+        wait_for(lambda: "master_link_status:up" in _cli(rport, "INFO", "replication", tls=tls), 10, "replica in sync")
         sports = [free_port() for _ in range(3)]
         for sp in sports:
-            procs.append(RedisProc(root / f"sentinel-{sp}", sp, sentinel_conf(sp, root / f"sentinel-{sp}", mport), sentinel=True).start())
+            procs.append(RedisProc(root / f"sentinel-{sp}", sp, sentinel_conf(sp, root / f"sentinel-{sp}", mport, tls), sentinel=True).start())
 
         def sentinels_agree() -> bool:
             for sp in sports:
-                info = _sentinel_cli(sp, "SENTINEL", "MASTER", SERVICE).split("\n")
+                info = _sentinel_cli(sp, "SENTINEL", "MASTER", SERVICE, tls=tls).split("\n")
                 fields = dict(zip(info[::2], info[1::2]))
                 if fields.get("num-other-sentinels") != "2" or fields.get("num-slaves") != "1":
                     return False
@@ -297,7 +341,10 @@ def start_sentinel_topology() -> Topology:
 
         wait_for(sentinels_agree, 20, "three sentinels that know each other and the replica")
         hosts = ",".join(f"127.0.0.1:{sp}" for sp in sports)
-        topo.url = f"redis+sentinel://{SIDECAR_USER}:{SIDECAR_PASSWORD}@{hosts}/{SERVICE}/0"
+        if tls is None:
+            topo.url = f"redis+sentinel://{SIDECAR_USER}:{SIDECAR_PASSWORD}@{hosts}/{SERVICE}/0"
+        else:
+            topo.url = f"rediss+sentinel://{SIDECAR_USER}:{SIDECAR_PASSWORD}@{hosts}/{SERVICE}/0" + tls_query(tls)
         return topo
     except BaseException:
         topo.cleanup()
@@ -308,7 +355,7 @@ def sentinel_master_port(topo: Topology) -> int:
     """The master's port according to the first live sentinel."""
     for p in topo.procs:
         if p.sentinel and p.alive():
-            out = _sentinel_cli(p.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE).split()
+            out = _sentinel_cli(p.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE, tls=topo.tls).split()
             if len(out) == 2:
                 return int(out[1])
     raise RuntimeError("no sentinel answered")
@@ -321,30 +368,38 @@ def data_node(topo: Topology, port: int) -> RedisProc:
 # --- Cluster -------------------------------------------------------------------------------------
 
 
-def start_cluster_topology(masters: int = 3) -> Topology:
-    """Three masters, no replicas, slots split by ``redis-cli --cluster create``."""
+def start_cluster_topology(masters: int = 3, tls: Pki | None = None) -> Topology:
+    """Three masters, no replicas, slots split by ``redis-cli --cluster create``.
+
+    ``tls``: TLS-only nodes and cluster bus (``tls-cluster yes``: CLUSTER SLOTS then names the TLS
+    ports); the URL is ``rediss+cluster://`` with the CA and the client certificate."""
     root = temp_root("pp-cluster-")
     procs: list[RedisProc] = []
-    topo = Topology("", procs, root)
+    topo = Topology("", procs, root, tls)
     try:
         ports = []
         extra = "cluster-enabled yes\ncluster-node-timeout 1000\ncluster-require-full-coverage no\n"
+        if tls is not None:
+            extra += "tls-cluster yes\n"
         for _ in range(masters):
             port = free_cluster_port()
             d = root / f"node-{port}"
             extra_node = extra + f"cluster-config-file {d / 'nodes.conf'}\n"
-            procs.append(RedisProc(d, port, node_conf(port, d, acl=SIDECAR_ACL_CLUSTER, extra=extra_node)).start())
+            procs.append(RedisProc(d, port, node_conf(port, d, acl=SIDECAR_ACL_CLUSTER, tls=tls, extra=extra_node)).start())
             ports.append(port)
         out = subprocess.run(
-            ["redis-cli", "--user", ADMIN_USER, "--pass", ADMIN_PASSWORD, "--no-auth-warning", "--cluster", "create",
+            ["redis-cli", *_tls_args(tls), "--user", ADMIN_USER, "--pass", ADMIN_PASSWORD, "--no-auth-warning", "--cluster", "create",
              *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
             capture_output=True, text=True, timeout=30, check=False,
         )
         if out.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
-        wait_for(lambda: all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in ports), 20, "cluster_state:ok on every node")
+        wait_for(lambda: all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO", tls=tls) for p in ports), 20, "cluster_state:ok on every node")
         hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
-        topo.url = f"redis+cluster://{SIDECAR_USER}:{SIDECAR_PASSWORD}@{hosts}"
+        if tls is None:
+            topo.url = f"redis+cluster://{SIDECAR_USER}:{SIDECAR_PASSWORD}@{hosts}"
+        else:
+            topo.url = f"rediss+cluster://{SIDECAR_USER}:{SIDECAR_PASSWORD}@{hosts}" + tls_query(tls)
         return topo
     except BaseException:
         topo.cleanup()
@@ -354,8 +409,8 @@ def start_cluster_topology(masters: int = 3) -> Topology:
 def cluster_node_for_key(topo: Topology, key: str) -> int:
     """The port of the master that serves ``key``'s slot."""
     first = next(p for p in topo.procs if p.alive())
-    slot = int(_cli(first.port, "CLUSTER", "KEYSLOT", key).strip())
-    for line in _cli(first.port, "CLUSTER", "NODES").splitlines():
+    slot = int(_cli(first.port, "CLUSTER", "KEYSLOT", key, tls=topo.tls).strip())
+    for line in _cli(first.port, "CLUSTER", "NODES", tls=topo.tls).splitlines():
         parts = line.split()
         if "master" not in parts[2]:
             continue
@@ -368,7 +423,7 @@ def cluster_node_for_key(topo: Topology, key: str) -> int:
 
 def acl_log(port: int, *, tls: Pki | None = None) -> str:
     """ACL LOG of a node (denied commands), as the admin."""
-    args = ["--tls", "--cacert", str(tls.ca)] if tls else []
+    args = _tls_args(tls)
     out = subprocess.run(
         ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args, "--user", ADMIN_USER, "--pass", ADMIN_PASSWORD, "--no-auth-warning", "ACL", "LOG"],
         capture_output=True, text=True, timeout=10, check=False,

@@ -1,17 +1,36 @@
 """Nothing blocks the event loop: blockbuster turns any blocking call made from proxy code while the
-loop runs (file, socket, sleep, os.stat ...) into an error, over the paths a request can take."""
+loop runs (file, socket, sleep, os.stat ...) into an error, over the paths a request can take.
+``tests.blocking`` adds the TLS set-up calls that read files inside OpenSSL (a CA bundle, a client
+certificate), which stock blockbuster cannot see."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
-from blockbuster import blockbuster_ctx
-
+from tests.blocking import no_blocking_calls
 from tests.helpers import ERRORS, make_rig, patched_routes, sandbox_app, sandbox_env, shipped_config
+from tests.process import metric_value
+from tests.redis_topologies import SIDECAR_PASSWORD, SIDECAR_USER, make_pki, start_tls, temp_root, tls_query
+
+
+@pytest.fixture(scope="module")
+def tls_redis_url() -> Iterator[str]:
+    """A TLS-only redis-server (CA and client certificate from openssl), as the sidecar's ACL user."""
+    root = temp_root("pp-nb-tls-")
+    pki = make_pki(root)
+    node = start_tls(root, pki)
+    try:
+        yield f"rediss://{SIDECAR_USER}:{SIDECAR_PASSWORD}@127.0.0.1:{node.port}/0" + tls_query(pki)
+    finally:
+        node.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -25,7 +44,7 @@ async def test_request_paths_make_no_blocking_calls(aiohttp_client: Any, sandbox
     routes = patched_routes(tmp_path, {"fail_max: 5": "fail_max: 2"})
     base = str(sandbox.make_url("")).rstrip("/")
     rig = await make_rig(aiohttp_client, sandbox, shipped_config(base, redis_url, routes=routes, errors=errors))
-    with blockbuster_ctx(["proxy"]):
+    with no_blocking_calls(["proxy"]):
         # cold token (Redis lock, endpoint, Redis write), then memory hits
         assert (await rig.get()).status == 200
         assert (await rig.get("?product_code=25k-xl", headers={"Accept-Language": "id"})).status == 200
@@ -55,3 +74,29 @@ async def test_request_paths_make_no_blocking_calls(aiohttp_client: Any, sandbox
         assert await rig.state.reload(str(routes), str(errors))
         assert rig.state.current().loaded.errors["tokopedia"].match("U01", 400).rule.status == 409
         assert (await rig.get()).status == 503  # the breaker of the unchanged cluster survived the reload
+
+
+@pytest.mark.redis_topology
+async def test_a_tls_token_cache_makes_no_blocking_calls(aiohttp_client: Any, sandbox: TestServer, tls_redis_url: str) -> None:
+    """redis-py's per-connection TLS context read the CA bundle and the certificate files on the
+    loop for every new Redis connection; the client's one context is built before the loop serves."""
+    base = str(sandbox.make_url("")).rstrip("/")
+    ca = tls_redis_url.split("ssl_ca_certs=")[1].split("&")[0]
+    rig = await make_rig(aiohttp_client, sandbox, shipped_config(base, tls_redis_url))
+    with no_blocking_calls(["proxy"]):
+        # cold: the lock, the fetch and the write open TLS connections; then a renewal
+        statuses = [r.status for r in await asyncio.gather(*(rig.get() for _ in range(10)))]
+        rig.partner.revoke_all()
+        statuses.append((await rig.get()).status)
+    assert statuses == [200] * 11
+    assert rig.partner.token_requests == 2
+    text = await (await rig.admin.get("/metrics")).text()
+    # a blocking call inside redis-py surfaces as a counted Redis error, the token then fetched directly
+    assert metric_value(text, "partner_proxy_redis_errors_total") == 0
+    # and the token went through Redis: the renewed one is stored there
+    check = aioredis.from_url(tls_redis_url.split("?")[0], ssl_ca_certs=str(ca))
+    try:
+        stored = await check.get("partner-proxy:token:tokopedia")
+    finally:
+        await check.aclose()
+    assert isinstance(stored, bytes) and rig.partner.tokens_issued[-1] in stored.decode()

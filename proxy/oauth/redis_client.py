@@ -10,8 +10,20 @@
   first command and reloaded when a node moves or is lost. ``require_full_coverage=False``: losing
   one master only affects the providers whose slot it held.
 
-No I/O happens here. Timeouts are explicit (redis-py waits 5 s or forever by default), timeouts are
-never retried, and one immediate retry on a dropped connection is allowed (it hides a stale pooled
+TLS (``rediss://``, ``rediss+sentinel://``, ``rediss+cluster://``): ``build_client`` builds one
+``ssl.SSLContext`` from the URL (CERT_REQUIRED, host-name check on, ``ssl_ca_certs`` or the system
+CA bundle, the client certificate), and every connection of the client uses that one object:
+sentinel connections, master connections, every cluster node. Left to itself, redis-py builds a
+context per connection object, reading the CA bundle and the certificate files from disk on the
+event loop each time (``RedisSSLContext.get``); it has no parameter for a ready context, so the
+connection classes here are ``SSLConnection`` subclasses whose ``RedisSSLContext`` starts with the
+shared context already set, which ``get`` then returns as is. The files are read once, when the
+client is built (at start-up; on a reload only when ``token_cache`` changed, since the stores are
+kept per ``TokenCacheConfig``); replacing them on disk takes effect on the next start, not on the
+next connection.
+
+Apart from reading the TLS files, no I/O happens here. Timeouts are explicit (redis-py waits 5 s
+or forever by default), timeouts are never retried, and one immediate retry on a dropped connection is allowed (it hides a stale pooled
 connection after a restart or a failover).
 
 ``failure_reason`` maps an exception to a fixed phrase for the one log line per outage; redis-py's
@@ -23,11 +35,13 @@ from __future__ import annotations
 import ssl
 from typing import Any, Final
 
+import redis
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedSSLConnection
 from redis.backoff import NoBackoff
 
 from proxy.config.models import TokenCacheConfig
@@ -42,6 +56,8 @@ RedisClient = aioredis.Redis | RedisCluster
 
 
 def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
+    """One client for ``target``. With TLS, reads the CA and client certificate files (once)."""
+    context = tls_context(target) if target.tls else None
     common: dict[str, Any] = {
         "socket_timeout": config.socket_timeout,
         "socket_connect_timeout": config.connect_timeout,
@@ -50,7 +66,7 @@ def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
         **_driver_info(),
     }
     if target.mode == "cluster":
-        return RedisCluster(
+        cluster = RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
             require_full_coverage=False,
             max_connections=POOL_SIZE,
@@ -59,6 +75,9 @@ def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
             **common,
             **_tls(target),
         )
+        if context is not None:
+            _share_context_in_cluster(cluster, context)
+        return cluster
     connection: dict[str, Any] = {
         **common,
         "db": target.db,
@@ -75,10 +94,21 @@ def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
             **_tls(target),
         }
         sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs, **connection, **_tls(target))
+        master_kwargs: dict[str, Any] = {}
+        if context is not None:
+            # The sentinels: redis.asyncio.Redis takes no connection class, so the pools of the
+            # clients Sentinel made (each with ssl=True: SSLConnection) get the shared-context
+            # subclass. Nothing has connected yet: Sentinel does no I/O when built.
+            sentinel_class = _shared_context_class(SSLConnection, context)
+            for client in sentinel.sentinels:
+                _expect(client.connection_pool.connection_class is SSLConnection, "how Redis picks its TLS connection class")
+                client.connection_pool.connection_class = sentinel_class
+            # The master: SentinelConnectionPool takes connection_class.
+            master_kwargs["connection_class"] = _shared_context_class(SentinelManagedSSLConnection, context)
         # SentinelConnectionPool is not a blocking pool: allow more connections than the plain
         # pool so a short burst does not hit "Too many connections" (which would still only be
         # a counted miss).
-        return sentinel.master_for(target.service, max_connections=POOL_SIZE * 4)
+        return sentinel.master_for(target.service, max_connections=POOL_SIZE * 4, **master_kwargs)
     if target.mode == "unix":
         pool = aioredis.BlockingConnectionPool(
             connection_class=aioredis.UnixDomainSocketConnection,
@@ -89,9 +119,10 @@ def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
         )
         return aioredis.Redis.from_pool(pool)
     host, port = target.nodes[0]
-    tls = _tls(target)
-    if tls.pop("ssl", False):
-        connection["connection_class"] = aioredis.SSLConnection
+    tls: dict[str, Any] = {}
+    if context is not None:
+        connection["connection_class"] = _shared_context_class(SSLConnection, context)
+        tls = _tls_kwargs(target)
     pool = aioredis.BlockingConnectionPool(
         host=host,
         port=port,
@@ -103,6 +134,53 @@ def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
     return aioredis.Redis.from_pool(pool)
 
 
+def tls_context(target: RedisTarget) -> ssl.SSLContext:
+    """The one client-side context of a TLS target: what redis-py's ``RedisSSLContext.get`` would
+    build for ``_tls(target)`` (CERT_REQUIRED, host-name check, the CA, the client certificate)."""
+    context = ssl.create_default_context()  # the system CA bundle, TLS 1.2+, CERT_REQUIRED
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    if target.ssl_certfile or target.ssl_keyfile:
+        context.load_cert_chain(certfile=target.ssl_certfile, keyfile=target.ssl_keyfile)  # type: ignore[arg-type]
+    if target.ssl_ca_certs:
+        context.load_verify_locations(cafile=target.ssl_ca_certs)
+    return context
+
+
+class _SharedContext:
+    """Mixin for a redis-py ``SSLConnection`` class: its ``RedisSSLContext`` starts with the shared
+    context set, so ``get()`` returns it instead of building (and reading files for) a new one.
+
+    Host-name verification is the context's (``check_hostname``): asyncio passes the host the
+    connection dials as ``server_hostname``, so each connection checks its own server's name."""
+
+    shared_ssl_context: ssl.SSLContext
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ssl_context.context = self.shared_ssl_context  # type: ignore[attr-defined]
+
+
+def _shared_context_class(base: type[SSLConnection], context: ssl.SSLContext) -> type[SSLConnection]:
+    """``base`` with every instance on ``context`` (a class per client: redis-py makes connections
+    from a class and keyword arguments, and not every topology passes arbitrary arguments on)."""
+    return type(f"SharedContext{base.__name__}", (_SharedContext, base), {"shared_ssl_context": context})
+
+
+def _share_context_in_cluster(cluster: RedisCluster, context: ssl.SSLContext) -> None:
+    """RedisCluster hard-codes ``SSLConnection`` for ``ssl=True`` and takes no connection class.
+
+    Every node it will ever make (the slot map, a MOVED redirect) is built from
+    ``cluster.connection_kwargs``, the dict the NodesManager shares; the seed nodes were built
+    before this and hold their own copy of the class. Nothing has connected yet."""
+    shared = _shared_context_class(SSLConnection, context)
+    _expect(cluster.connection_kwargs["connection_class"] is SSLConnection, "how RedisCluster picks its TLS connection class")
+    cluster.connection_kwargs["connection_class"] = shared
+    _expect(cluster.nodes_manager.connection_kwargs is cluster.connection_kwargs, "how RedisCluster builds its nodes")
+    for node in [*cluster.startup_nodes, *cluster.nodes_manager.startup_nodes.values()]:
+        node.connection_class = shared
+
+
 def _tls(target: RedisTarget) -> dict[str, Any]:
     if not target.tls:
         return {}
@@ -111,6 +189,20 @@ def _tls(target: RedisTarget) -> dict[str, Any]:
         value = getattr(target, key)
         if value:
             out[key] = value
+    return out
+
+
+def _expect(condition: bool, what: str) -> None:
+    """A start-up error, not silently per-connection contexts again, if a redis-py upgrade moves a hook."""
+    if not condition:
+        raise RuntimeError(f"redis-py {redis.__version__} changed {what}: proxy/oauth/redis_client.py cannot share the TLS context")
+
+
+def _tls_kwargs(target: RedisTarget) -> dict[str, Any]:
+    """The ``ssl_*`` connection arguments (``_tls`` without ``ssl``), for the shared-context classes:
+    the context does the work, these keep a connection's ``ca_certs`` etc. telling the truth."""
+    out = _tls(target)
+    out.pop("ssl", None)
     return out
 
 
