@@ -7,11 +7,13 @@ One command, loopback only (127.0.0.1):
     python bench/run.py --quick    # 1 repetition, 3 s runs (~1 minute)
 
 It starts a static upstream that answers like the partner (nginx, 1 worker), a redis-server, and
-four targets on that same upstream:
+five targets on that same upstream:
 
     direct         wrk straight at the upstream nginx
     nginx-proxy    a second nginx (1 worker) proxy_pass-ing with keep-alive upstream connections
     bare-aiohttp   bench/bare_aiohttp.py: one ClientSession, read body, return it (uvloop)
+    floor          bench/floor_proxy.py: the least a Python proxy on uvloop + httptools costs
+                   (parse both ways, keep-alive pool, corked writes, no feature at all)
     partner-proxy  `python -m proxy serve` with the shipped config/routes.yaml + config/errors.yaml,
                    REDIS_URL set, metrics and the communication log on, tracing off
 
@@ -524,6 +526,12 @@ class Bench:
         wait_http(f"http://{HOST}:{p}{APP_PATH}", child)
         self.targets.append(Target("bare-aiohttp", f"http://{HOST}:{p}{APP_PATH}", child))
 
+        p = free_port()
+        child = self.procs.start("floor", [sys.executable, str(BENCH / "floor_proxy.py"), "--port", str(p), "--upstream", up + UPSTREAM_PATH],
+                                 cpu=a.server_cpu, stderr_path=self.tmp / "floor.stderr")
+        wait_http(f"http://{HOST}:{p}{APP_PATH}", child)
+        self.targets.append(Target("floor", f"http://{HOST}:{p}{APP_PATH}", child))
+
         self.sidecar = self._start_sidecar("partner-proxy", up)  # tracing off: no OTEL_* endpoint
         self.targets.append(self.sidecar)
         for r in self.extra:  # bench/routes.py: more routes of the same sidecar process
@@ -546,7 +554,7 @@ class Bench:
                     "OTEL_SERVICE_NAME": "partner-proxy-bench",
                 }))
         self.servers += list({id(t.child): t.child for t in self.targets}.values())
-        log(f"up: upstream nginx :{up_port}, redis :{self.redis_port}, nginx-proxy, bare-aiohttp, "
+        log(f"up: upstream nginx :{up_port}, redis :{self.redis_port}, nginx-proxy, bare-aiohttp, floor, "
             + ", ".join(f"{t.name} :{t.url.split(':')[2].split('/')[0]} (admin :{t.admin_port})" for t in self.targets if t.admin_port)
             + (f", OTLP sink {self.sink_url}" if a.tracing else "") + f"; pinning {'on' if self.pin else 'off'}")
 
@@ -929,6 +937,7 @@ TARGET_LABELS = {
     "direct": "direct (upstream nginx)",
     "nginx-proxy": "nginx reverse proxy",
     "bare-aiohttp": "bare aiohttp pass-through",
+    "floor": "floor: minimal Python proxy (bench/floor_proxy.py)",
     "partner-proxy": "partner-proxy",
     "pp-trace-10": "partner-proxy, tracing 10 %",
     "pp-trace-100": "partner-proxy, tracing 100 %",
@@ -971,6 +980,12 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         f"- partner-proxy / nginx reverse proxy: throughput ×{ratio(pp['rps'], ngx['rps'], '.3f')}, CPU per request ×{ratio(pp['cpu'], ngx['cpu'], '.1f')}",
         f"- bare aiohttp / nginx reverse proxy: throughput ×{ratio(bare['rps'], ngx['rps'], '.3f')}, CPU per request ×{ratio(bare['cpu'], ngx['cpu'], '.1f')}",
     ]
+    floor = summary.get("floor")
+    if floor is not None:
+        extra = None if not pp["cpu"] or not floor["cpu"] else pp["cpu"] - floor["cpu"]
+        lines.append(f"- floor (minimal Python proxy) / nginx reverse proxy: CPU per request ×{ratio(floor['cpu'], ngx['cpu'], '.1f')}; "
+                     f"partner-proxy / floor: CPU per request ×{ratio(pp['cpu'], floor['cpu'], '.1f')} "
+                     f"({fmt(extra, '+.1f')} us/req: the price of the features and of how they are built)")
     if bench.args.tracing:
         off = pp["cpu"]
         parts = [f"off {fmt(off, '.1f')}"]
