@@ -56,7 +56,7 @@ class H1Request:
 
     __slots__ = (
         "method", "path", "decoded_path", "headers", "has_body", "version", "keep_alive", "query_string", "local_error",
-        "_query", "_body", "_complete", "_too_large", "_waiter", "_wait_limit", "discard", "content_length",
+        "_query", "_body", "complete", "_too_large", "_waiter", "_wait_limit", "discard", "content_length",
         "max_buffer", "_abandoned",
     )
 
@@ -85,7 +85,7 @@ class H1Request:
         self.local_error: ProxyError | None = None  # answered by Listener.local_reply (e.g. a bad Expect)
         self._query: MultiDictProxy[str] | None = None
         self._body = bytearray()
-        self._complete = False
+        self.complete = False  # the body ended (set by the protocol through finish)
         self._too_large = False
         self._waiter: asyncio.Future[None] | None = None
         self._wait_limit = 0
@@ -108,7 +108,7 @@ class H1Request:
         while True:
             if self._too_large or len(self._body) > limit:
                 raise PayloadTooLarge(f"body over the route's {limit} byte limit")
-            if self._complete:
+            if self.complete:
                 return bytes(self._body)
             if self._abandoned:
                 raise BodyIncomplete("the body did not end")
@@ -120,10 +120,6 @@ class H1Request:
                 self._waiter = None
 
     # -- fed by the protocol --------------------------------------------------------------------------
-
-    @property
-    def complete(self) -> bool:
-        return self._complete
 
     def feed(self, data: bytes) -> None:
         if self.discard or self._too_large:
@@ -138,7 +134,7 @@ class H1Request:
             self._wake()
 
     def finish(self) -> None:
-        self._complete = True
+        self.complete = True
         self._wake()
 
     def abandon(self) -> None:

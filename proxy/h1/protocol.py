@@ -201,8 +201,9 @@ class H1Protocol(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._in_head = True
-        if self._deadline_kind != _HEAD:
-            self._set_deadline(_HEAD, self._limits.header_timeout)
+        if self._deadline_kind != _HEAD:  # as _set_deadline (inlined: three deadlines per request)
+            self._deadline_kind = _HEAD
+            self.deadline = self._ticker.now + self._limits.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -268,8 +269,9 @@ class H1Protocol(asyncio.Protocol):
             self._stop_parsing()
             self._close()
             return
-        if self._deadline_kind in (_HEAD, _BODY):
-            self._set_deadline(_NONE, 0.0)
+        if self._deadline_kind == _HEAD or self._deadline_kind == _BODY:
+            self._deadline_kind = _NONE
+            self.deadline = 0.0
 
     # -- answering ----------------------------------------------------------------------------------
 
@@ -297,7 +299,8 @@ class H1Protocol(asyncio.Protocol):
                     self._answer(item, error_reply(ProxyError("unhandled"), "en", request_id_from(item.headers.get("X-Request-Id"))))
             finally:
                 self._in_next = False
-        self._update_reading()
+        if self._read_paused or self._write_paused or len(self._queue) > self._limits.max_pipelined:
+            self._update_reading()  # only when reading may have to pause or resume
 
     def _local(self, request: H1Request, error: ProxyError) -> Reply:
         try:
@@ -330,10 +333,12 @@ class H1Protocol(asyncio.Protocol):
             log.error("reply header with CR or LF refused (request %s)", reply.headers.get("X-Request-Id"))
             data = encode_reply(error_reply(ProxyError("unsafe reply header"), "en", request_id_from(None)), self._ticker.date, True, False)
             close = True
-        self._write(data)
+        if self.transport is not None:  # as _write (not closed: checked above)
+            self._cork.write(self.transport, data)
         if not close:
             if not self._queue and self._receiving is None and not self._in_head:
-                self._set_deadline(_IDLE, self._limits.keepalive_timeout)
+                self._deadline_kind = _IDLE  # as _set_deadline
+                self.deadline = self._ticker.now + self._limits.keepalive_timeout
             return
         self._queue.clear()
         if body_left and not self._stopped:
