@@ -251,3 +251,34 @@ def test_strict_framing_headers_any_case_and_their_limits() -> None:
     # a 1xx before the answer: its headers are not the answer's
     interim = _fed(100, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
     assert interim.done and interim.status == 200 and interim.headers == [("Content-Length", "1")] and interim.body_bytes() == b"x"
+
+
+async def test_callback_path_tells_once_and_keeps_no_reference(server: RawServer) -> None:
+    """``Http11Pool.start`` keeps the request's callback on the connection, not in a partial: it must
+    be called once, then dropped (it holds the exchange), and the connection goes back to the pool."""
+    pool = make_pool(server)
+    await get(pool)  # one pooled connection
+    outcomes: list[tuple[UpstreamAnswer | None, BaseException | None]] = []
+    finished = asyncio.get_running_loop().create_future()
+
+    def on_done(answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
+        outcomes.append((answer, exc))
+        finished.set_result(None)
+
+    assert pool.has_idle()
+    conn = pool._idle[-1]
+    assert pool.start(UpstreamRequest("GET", "/api/x", []), 2.0, on_done)
+    await asyncio.wait_for(finished, 2.0)
+    await asyncio.sleep(0.05)
+    assert len(outcomes) == 1 and outcomes[0][0] is not None and outcomes[0][0].body == b"ok"
+    assert conn.on_done is None and not pool._busy and pool._idle[-1] is conn and server.connections == 1
+    # a failure is told once too, with the method and timeout the request was started with
+    server.script = lambda req: None  # the partner hangs up without answering
+    outcomes.clear()
+    finished = asyncio.get_running_loop().create_future()
+    assert pool.start(UpstreamRequest("GET", "/api/x", []), 2.0, on_done)
+    await asyncio.wait_for(finished, 2.0)
+    await asyncio.sleep(0.05)
+    assert len(outcomes) == 1 and outcomes[0][0] is None and isinstance(outcomes[0][1], UpstreamUnreachable)
+    assert conn.on_done is None and not pool._busy and not pool._idle
+    await pool.close()

@@ -246,7 +246,9 @@ class StrictAnswer:
         self.done = True
 
 
-AnswerCallback = Callable[[UpstreamAnswer | None, BaseException | None], None]
+DoneCallback = Callable[[UpstreamAnswer | None, BaseException | None], None]
+# told the connection as well, so that one bound method serves every request (no partial per request)
+AnswerCallback = Callable[["_Connection", UpstreamAnswer | None, BaseException | None], None]
 
 
 class _Connection(asyncio.Protocol):
@@ -259,7 +261,10 @@ class _Connection(asyncio.Protocol):
     the pool's ``Cork`` (``proxy.corking``): after the loop iteration's reads.
     """
 
-    __slots__ = ("transport", "closed", "answer", "_on_answer", "reusable", "created", "idle_since", "deadline", "_cork")
+    __slots__ = (
+        "transport", "closed", "answer", "_on_answer", "reusable", "created", "idle_since", "deadline", "_cork",
+        "method", "timeout", "on_done",
+    )
 
     def __init__(self, max_body: int, cork: Cork) -> None:
         self.transport: asyncio.Transport | None = None
@@ -271,6 +276,11 @@ class _Connection(asyncio.Protocol):
         self.idle_since = self.created
         self.deadline = 0.0  # the callback path's timeout (the pool's coarse clock); 0: none
         self._cork = cork
+        # the callback path's request in flight (``Http11Pool.start``), kept here rather than bound
+        # into a partial per request; ``on_done`` is dropped once called (it holds the exchange)
+        self.method = ""
+        self.timeout = 0.0
+        self.on_done: DoneCallback | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -314,13 +324,13 @@ class _Connection(asyncio.Protocol):
         if not self.closed:
             self.reusable = answer.keep_alive and answer.framed
         if callback is not None:
-            callback(UpstreamAnswer(answer.status, answer.headers, answer.body_bytes()), None)
+            callback(self, UpstreamAnswer(answer.status, answer.headers, answer.body_bytes()), None)
 
     def fail(self, exc: BaseException) -> None:
         """End the request in flight with ``exc`` (a violation, the connection's end, a timeout)."""
         callback, self._on_answer = self._on_answer, None
         if callback is not None:
-            callback(None, exc)
+            callback(self, None, exc)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -355,7 +365,7 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _resolve(waiter: asyncio.Future[UpstreamAnswer], answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
+def _resolve(waiter: asyncio.Future[UpstreamAnswer], conn: _Connection, answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
     if waiter.done():
         return
     if exc is not None:
@@ -404,6 +414,7 @@ class Http11Pool:
         self._cork: Cork | None = None  # requests go out after the loop iteration's reads
         self._tick = 0.05
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._on_started = self._started_done  # bound once: every callback-path request's answer goes here
 
     async def _connect(self) -> _Connection:
         loop, cork = self._loop_and_cork()
@@ -468,7 +479,7 @@ class Http11Pool:
         self._idle.append(conn)
         return True
 
-    def start(self, request: UpstreamRequest, timeout: float, on_done: Callable[[UpstreamAnswer | None, BaseException | None], None]) -> bool:
+    def start(self, request: UpstreamRequest, timeout: float, on_done: DoneCallback) -> bool:
         """The callback path: send on a pooled connection and call ``on_done(answer, None)`` or
         ``on_done(None, error)`` (our ``UpstreamError``, or the exception itself if no table entry
         maps it: a bug) from the connection's own callbacks. False, with nothing done, when no
@@ -480,29 +491,35 @@ class Http11Pool:
         conn = self._take_idle()
         if conn is None:
             return False
-        loop, _ = self._loop_and_cork()
-        data = self.request_bytes(request.method, request.target, request.headers, request.body)
+        loop = self._loop
+        if loop is None:
+            loop, _ = self._loop_and_cork()
+        method = request.method
+        data = self.request_bytes(method, request.target, request.headers, request.body)
         conn.deadline = loop.time() + timeout
+        conn.method = method
+        conn.timeout = timeout
+        conn.on_done = on_done
         self._busy.add(conn)
         if self._tick_handle is None:
             self._tick = max(0.005, min(0.05, timeout / 4))
             self._tick_handle = loop.call_later(self._tick, self._expire_busy)
         try:
-            conn.start(data, request.method == "HEAD", partial(self._started_done, conn, request.method, timeout, on_done))
+            conn.start(data, method == "HEAD", self._on_started)
         except Exception as exc:  # the write itself failed: nothing was sent
             self._busy.discard(conn)
-            on_done(None, self._failure(exc, conn, Phase.NOT_SENT, request.method, timeout))
+            conn.on_done = None
+            on_done(None, self._failure(exc, conn, Phase.NOT_SENT, method, timeout))
         return True
 
-    def _started_done(
-        self, conn: _Connection, method: str, timeout: float,
-        on_done: Callable[[UpstreamAnswer | None, BaseException | None], None],
-        answer: UpstreamAnswer | None, exc: BaseException | None,
-    ) -> None:
+    def _started_done(self, conn: _Connection, answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
         self._busy.discard(conn)
         conn.deadline = 0.0
+        on_done, conn.on_done = conn.on_done, None
+        if on_done is None:
+            return  # ``start`` already told it (the write itself failed): the outcome goes out once
         if exc is not None:
-            on_done(None, self._failure(exc, conn, Phase.SENT, method, timeout))
+            on_done(None, self._failure(exc, conn, Phase.SENT, conn.method, conn.timeout))
             return
         self._recycle(conn)
         on_done(answer, None)
