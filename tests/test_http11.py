@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from proxy.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
-from proxy.upstream.http11 import Http11Pool
+from proxy.upstream.http11 import Http11Pool, StrictAnswer, Violation
 from proxy.upstream.transport import UpstreamAnswer, UpstreamRequest
 from tests.redis_server import free_port
 
@@ -206,3 +206,79 @@ def test_host_header_and_tls_settings() -> None:
     pool = Http11Pool("https://b2b.tokopedia.com:8443/api", connect_timeout=1, max_body=1, max_idle=1)
     assert pool.host_header == "b2b.tokopedia.com:8443" and pool.ssl is not None and pool.port == 8443
     assert Http11Pool("http://127.0.0.1:9090", connect_timeout=1, max_body=1, max_idle=1).ssl is None
+
+
+# -- StrictAnswer on its own: the framing headers are picked out while parsing, the body is kept
+# without a copy when it came in one piece and must still be whole (and unshared) when it did not.
+
+
+def _fed(max_body: int, *chunks: bytes, head_only: bool = False) -> StrictAnswer:
+    answer = StrictAnswer(max_body)
+    answer.reset(head_only)
+    for chunk in chunks:
+        answer.feed(chunk)
+    return answer
+
+
+def test_strict_body_in_one_piece_and_in_many() -> None:
+    one = _fed(100, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    assert one.done and one.framed and one.keep_alive and one.body_bytes() == b"hello" and type(one.body_bytes()) is bytes
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n"
+    many = _fed(100, head + b"ab", b"cd", b"ef")
+    body = many.body_bytes()
+    assert many.done and body == b"abcdef" and type(body) is bytes
+    chunked = _fed(100, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n")
+    assert chunked.done and chunked.framed and chunked.body_bytes() == b"abc"
+    # the next answer on the connection starts empty: nothing of the previous body is kept
+    many.reset(False)
+    many.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz")
+    assert many.body_bytes() == b"z" and body == b"abcdef"
+
+
+def test_strict_framing_headers_any_case_and_their_limits() -> None:
+    assert _fed(100, b"HTTP/1.1 200 OK\r\ncOnTeNt-LeNgTh: 2\r\n\r\nok").body_bytes() == b"ok"
+    with pytest.raises(Violation, match="over the 10 byte limit"):
+        _fed(10, b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 11\r\n\r\n")
+    assert _fed(10, b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n", head_only=True).done  # HEAD: no body follows
+    with pytest.raises(Violation, match="over the 3 byte limit"):
+        _fed(3, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n")
+    for te in (b"TRANSFER-ENCODING: gzip, chunked", b"Transfer-Encoding: chunked\r\ntransfer-encoding: chunked"):
+        with pytest.raises(Violation, match="only one 'chunked'"):
+            _fed(100, b"HTTP/1.1 200 OK\r\n" + te + b"\r\n\r\n")
+    # no length, no chunking: read until close, never reused
+    until_close = _fed(100, b"HTTP/1.1 200 OK\r\nX-Content-Lengths: 2\r\n\r\nab")
+    assert not until_close.framed and not until_close.done and until_close.eof() and until_close.body_bytes() == b"ab"
+    # a 1xx before the answer: its headers are not the answer's
+    interim = _fed(100, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    assert interim.done and interim.status == 200 and interim.headers == [("Content-Length", "1")] and interim.body_bytes() == b"x"
+
+
+async def test_callback_path_tells_once_and_keeps_no_reference(server: RawServer) -> None:
+    """``Http11Pool.start`` keeps the request's callback on the connection, not in a partial: it must
+    be called once, then dropped (it holds the exchange), and the connection goes back to the pool."""
+    pool = make_pool(server)
+    await get(pool)  # one pooled connection
+    outcomes: list[tuple[UpstreamAnswer | None, BaseException | None]] = []
+    finished = asyncio.get_running_loop().create_future()
+
+    def on_done(answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
+        outcomes.append((answer, exc))
+        finished.set_result(None)
+
+    assert pool.has_idle()
+    conn = pool._idle[-1]
+    assert pool.start(UpstreamRequest("GET", "/api/x", []), 2.0, on_done)
+    await asyncio.wait_for(finished, 2.0)
+    await asyncio.sleep(0.05)
+    assert len(outcomes) == 1 and outcomes[0][0] is not None and outcomes[0][0].body == b"ok"
+    assert conn.on_done is None and not pool._busy and pool._idle[-1] is conn and server.connections == 1
+    # a failure is told once too, with the method and timeout the request was started with
+    server.script = lambda req: None  # the partner hangs up without answering
+    outcomes.clear()
+    finished = asyncio.get_running_loop().create_future()
+    assert pool.start(UpstreamRequest("GET", "/api/x", []), 2.0, on_done)
+    await asyncio.wait_for(finished, 2.0)
+    await asyncio.sleep(0.05)
+    assert len(outcomes) == 1 and outcomes[0][0] is None and isinstance(outcomes[0][1], UpstreamUnreachable)
+    assert conn.on_done is None and not pool._busy and not pool._idle
+    await pool.close()

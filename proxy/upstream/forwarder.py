@@ -123,24 +123,32 @@ class Forwarder:
         ``CircuitOpen``). Otherwise ``done(response, None)`` or ``done(None, error)`` is called
         once, from the connection's callbacks, or after a retry that runs as ``_attempts`` in a task.
         """
-        upstream = self._request(ex)
+        # ``__call__``'s steps (``_request``, ``Cluster.enter``, ``_open_attempt``), inlined: this runs
+        # for every request on the callback path, and each hop is a Python call
+        upstream = UpstreamRequest(ex.method, self._target(ex), wire_headers(ex.upstream_headers), ex.body or b"")
         cluster = self.cluster
-        cluster.enter()
+        limits = cluster.limits
+        limits.enter()
         try:
             cluster.budget.on_request()
             ex.attempts += 1
-            ex.breaker_state = cluster.breaker.state
-            limits = cluster.limits
+            breaker = cluster.breaker
+            ex.breaker_state = breaker.state
             if not limits.try_acquire():  # cannot happen right after can_start_now(); never wait here
                 raise limits.overflow("max_pending_requests")
-            trial, started = self._open_attempt()
+            started = time.perf_counter()
+            try:
+                trial = breaker.admit()
+            except BaseException:
+                self._close_attempt("error", started)
+                raise
             pool = cluster.pool
             assert pool is not None
             on_answer = partial(self._answered, ex, upstream, trial, started, done)
             if not pool.start(upstream, cluster.config.timeout, on_answer):  # cannot happen either (has_idle)
                 on_answer(None, wire_error(Phase.NOT_SENT, Event.CLOSED, ex.method, "no pooled connection ready"))
         except BaseException:
-            cluster.leave()
+            limits.leave()
             raise
 
     def _answered(
@@ -148,6 +156,32 @@ class Forwarder:
         done: Done,
         answer: UpstreamAnswer | None, exc: BaseException | None,
     ) -> None:
+        if exc is None and answer is not None and answer.status < 500:
+            # The usual case, ``_settle``'s answer branch inlined: a status below 500 is never
+            # retried (``_retry_reason``), so the request ends here.
+            status_label = "error"
+            breaker = self.cluster.breaker
+            try:
+                try:
+                    try:
+                        checked = _checked(answer, upstream.method, self.pass_back)
+                    except UpstreamError as violation:
+                        breaker.record(trial, violation.kind)
+                        raise
+                    status_label = self._status_label(answer.status)
+                    breaker.record(trial, None)
+                finally:
+                    self._close_attempt(status_label, started)
+            except UpstreamError as failed:
+                self._answer_failed(ex, upstream, done, failed)
+                return
+            except BaseException as bug:  # raised as it is, like __call__ would: the listener answers 500
+                self.cluster.limits.leave()
+                done(None, bug)
+                return
+            self.cluster.limits.leave()
+            done(checked, None)
+            return
         response: UpstreamResponse | None = None
         error: UpstreamError | None = None
         try:
@@ -158,11 +192,25 @@ class Forwarder:
             self.cluster.leave()
             done(None, bug)
             return
-        reason = self._retry_reason(ex, 1, error, response)
+        if error is not None:
+            self._answer_failed(ex, upstream, done, error)
+            return
+        reason = self._retry_reason(ex, 1, None, response)
         if reason is None:
             self.cluster.leave()
-            done(response, error)
+            done(response, None)
             return
+        self._retry(ex, upstream, done)
+
+    def _answer_failed(self, ex: Exchange, upstream: UpstreamRequest, done: Done, error: UpstreamError) -> None:
+        """The first callback-path attempt failed: retried in a task if it may be, else the request's error."""
+        if self._retry_reason(ex, 1, error, None) is None:
+            self.cluster.leave()
+            done(None, error)
+            return
+        self._retry(ex, upstream, done)
+
+    def _retry(self, ex: Exchange, upstream: UpstreamRequest, done: Done) -> None:
         task = asyncio.get_running_loop().create_task(self._retried(ex, upstream))
         task.add_done_callback(partial(report_to, done))
 

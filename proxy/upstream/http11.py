@@ -44,6 +44,8 @@ from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamReque
 
 MAX_HEAD = 64 * 1024
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CRLF = "\r\n"
+_COLON = ": "
 
 _BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search  # RFC 9112 4: HTAB / SP / VCHAR / obs-text
 
@@ -83,7 +85,7 @@ class StrictAnswer:
 
     __slots__ = (
         "parser", "max_body", "head_only", "received", "status", "headers", "body", "body_len",
-        "headers_done", "done", "leftover", "interim", "keep_alive", "framed", "head_len", "_te",
+        "headers_done", "done", "leftover", "interim", "keep_alive", "framed", "head_len", "_te", "_length",
     )
 
     def __init__(self, max_body: int) -> None:
@@ -92,11 +94,15 @@ class StrictAnswer:
         self.reset(False)
 
     def reset(self, head_only: bool) -> None:
+        # What ``on_message_begin`` resets for every answer (an interim 1xx included) is set there;
+        # it is set here too so that a StrictAnswer read before any byte arrived is consistent.
         self.head_only = head_only
         self.received = 0
         self.status = 0
         self.headers: list[tuple[str, str]] = []
-        self.body = bytearray()
+        # bytes while the body came in one ``on_body`` chunk (the usual case: no copy), a bytearray
+        # once a second chunk arrived; ``body_bytes()`` hands out bytes either way
+        self.body: bytes | bytearray = b""
         self.body_len = 0
         self.headers_done = False
         self.done = False
@@ -105,7 +111,13 @@ class StrictAnswer:
         self.keep_alive = False
         self.framed = True  # False: the body ends with the connection
         self.head_len = 0
-        self._te: list[bytes] = []
+        self._te: list[bytes] | None = None  # the Transfer-Encoding values, None: no such header
+        self._length: int | None = None      # the Content-Length, None: no such header
+
+    def body_bytes(self) -> bytes:
+        """The body as received, as an immutable ``bytes`` (copied only if it came in pieces)."""
+        body = self.body
+        return body if type(body) is bytes else bytes(body)
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -145,7 +157,8 @@ class StrictAnswer:
         if self.done:
             raise _Leftover()
         self.headers = []
-        self._te = []
+        self._te = None
+        self._length = None
         self.head_len = 0
         self.headers_done = False
         self.interim = False
@@ -156,18 +169,29 @@ class StrictAnswer:
             raise Violation("control character in the status line")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # llhttp (strict) already refused CR, LF, NUL, other controls and DEL in names and values.
-        self.head_len += len(name) + len(value) + 4
-        if self.head_len > MAX_HEAD:
+        # llhttp (strict) already refused CR, LF, NUL, other controls and DEL in names and values,
+        # a second Content-Length, and a Content-Length that is not one run of digits.
+        head_len = self.head_len = self.head_len + len(name) + len(value) + 4
+        if head_len > MAX_HEAD:
             raise Violation(f"response head over {MAX_HEAD} bytes")
-        if len(name) == 17 and name.lower() == b"transfer-encoding":
-            self._te.append(value)
+        # The framing headers are picked out here, by length first (one int compare for the other
+        # headers), rather than by a second pass over the decoded list.
+        n = len(name)
+        if n == 14:
+            if name.lower() == b"content-length":
+                self._length = int(value)
+        elif n == 17 and name.lower() == b"transfer-encoding":
+            if self._te is None:
+                self._te = [value]
+            else:
+                self._te.append(value)
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        if parser.get_http_version() not in ("1.1", "1.0"):
-            raise Violation(f"HTTP version {parser.get_http_version()} in an HTTP/1.1 answer")
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise Violation(f"HTTP version {version} in an HTTP/1.1 answer")
         status = parser.get_status_code()
         if status < 100 or status > 999:
             raise Violation(f"status code {status}")
@@ -178,28 +202,37 @@ class StrictAnswer:
                 raise Violation("101 Switching Protocols: no upgrade was asked for")
             self.interim = True  # 100, 103...: the real answer follows
             return
-        if self._te:
-            codings = [c.strip().lower() for v in self._te for c in v.split(b",")]
+        te = self._te
+        if te is not None:
+            codings = [c.strip().lower() for v in te for c in v.split(b",")]
             if codings != [b"chunked"]:
-                raise Violation(f"Transfer-Encoding {b', '.join(self._te).decode('latin-1')!r}: only one 'chunked' is accepted")
-        length = parser_content_length(self.headers)
-        if length is not None and length > self.max_body and not self.head_only:
+                raise Violation(f"Transfer-Encoding {b', '.join(te).decode('latin-1')!r}: only one 'chunked' is accepted")
+        length = self._length
+        head_only = self.head_only
+        if length is not None and length > self.max_body and not head_only:
             raise Violation(f"partner response of {length} bytes is over the {self.max_body} byte limit")
-        self.keep_alive = parser.should_keep_alive()
-        no_body = self.head_only or status in (204, 304)
-        self.framed = no_body or bool(self._te) or length is not None
-        if self.head_only:
+        if head_only:
             # llhttp cannot be told the request was HEAD: finish here and never reuse the connection
             self.keep_alive = False
+            self.framed = True
             self._finish()
+            return
+        self.keep_alive = parser.should_keep_alive()
+        self.framed = te is not None or length is not None or status == 204 or status == 304
 
     def on_body(self, data: bytes) -> None:
         if self.done:
             raise _Leftover()
-        self.body_len += len(data)
-        if self.body_len > self.max_body:
+        body_len = self.body_len = self.body_len + len(data)
+        if body_len > self.max_body:
             raise Violation(f"partner response is over the {self.max_body} byte limit")
-        self.body += data
+        body = self.body
+        if not body:
+            self.body = data  # the first chunk: kept as it is (llhttp hands us a fresh bytes object)
+        elif type(body) is bytes:
+            self.body = bytearray(body) + data  # a second chunk: from here on, appended in place
+        else:
+            body += data
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -213,15 +246,9 @@ class StrictAnswer:
         self.done = True
 
 
-def parser_content_length(headers: list[tuple[str, str]]) -> int | None:
-    # llhttp refused a second Content-Length and any non-digit; here it is one run of digits.
-    for name, value in headers:
-        if len(name) == 14 and name.lower() == "content-length":
-            return int(value)
-    return None
-
-
-AnswerCallback = Callable[[UpstreamAnswer | None, BaseException | None], None]
+DoneCallback = Callable[[UpstreamAnswer | None, BaseException | None], None]
+# told the connection as well, so that one bound method serves every request (no partial per request)
+AnswerCallback = Callable[["_Connection", UpstreamAnswer | None, BaseException | None], None]
 
 
 class _Connection(asyncio.Protocol):
@@ -234,7 +261,10 @@ class _Connection(asyncio.Protocol):
     the pool's ``Cork`` (``proxy.corking``): after the loop iteration's reads.
     """
 
-    __slots__ = ("transport", "closed", "answer", "_on_answer", "reusable", "created", "idle_since", "deadline", "_cork")
+    __slots__ = (
+        "transport", "closed", "answer", "_on_answer", "reusable", "created", "idle_since", "deadline", "_cork",
+        "method", "timeout", "on_done",
+    )
 
     def __init__(self, max_body: int, cork: Cork) -> None:
         self.transport: asyncio.Transport | None = None
@@ -246,6 +276,11 @@ class _Connection(asyncio.Protocol):
         self.idle_since = self.created
         self.deadline = 0.0  # the callback path's timeout (the pool's coarse clock); 0: none
         self._cork = cork
+        # the callback path's request in flight (``Http11Pool.start``), kept here rather than bound
+        # into a partial per request; ``on_done`` is dropped once called (it holds the exchange)
+        self.method = ""
+        self.timeout = 0.0
+        self.on_done: DoneCallback | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -289,13 +324,13 @@ class _Connection(asyncio.Protocol):
         if not self.closed:
             self.reusable = answer.keep_alive and answer.framed
         if callback is not None:
-            callback(UpstreamAnswer(answer.status, answer.headers, bytes(answer.body)), None)
+            callback(self, UpstreamAnswer(answer.status, answer.headers, answer.body_bytes()), None)
 
     def fail(self, exc: BaseException) -> None:
         """End the request in flight with ``exc`` (a violation, the connection's end, a timeout)."""
         callback, self._on_answer = self._on_answer, None
         if callback is not None:
-            callback(None, exc)
+            callback(self, None, exc)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -330,7 +365,7 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _resolve(waiter: asyncio.Future[UpstreamAnswer], answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
+def _resolve(waiter: asyncio.Future[UpstreamAnswer], conn: _Connection, answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
     if waiter.done():
         return
     if exc is not None:
@@ -379,6 +414,7 @@ class Http11Pool:
         self._cork: Cork | None = None  # requests go out after the loop iteration's reads
         self._tick = 0.05
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._on_started = self._started_done  # bound once: every callback-path request's answer goes here
 
     async def _connect(self) -> _Connection:
         loop, cork = self._loop_and_cork()
@@ -402,24 +438,27 @@ class Http11Pool:
         if not idle:
             return None
         now = time.monotonic()
-        while idle and not self._usable(idle[0], now):
+        usable = self._usable
+        while not usable(idle[0], now):
             idle.popleft().close()  # the oldest first: idle too long, too old, or closed by the partner
+            if not idle:
+                return None
+        if len(idle) == 1:
+            return idle.pop()  # the one just checked (the usual case: one connection per request in flight)
         while idle:
             conn = idle.pop()  # most recently used first: the likeliest to be alive
-            if self._usable(conn, now):
+            if usable(conn, now):
                 return conn
             conn.close()
         return None
 
     def request_bytes(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
-        if headers:  # "name: value" lines joined in C, no Python code per header
-            lines.append("\r\n".join(map(": ".join, headers)))
-            lines.append("\r\n")
+        # One f-string and one encode; the "name: value" lines are joined in C, no Python code per header.
         if body or method in BODY_METHODS:
-            lines.append(f"Content-Length: {len(body)}\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("utf-8", "replace")
+            end = f"\r\nContent-Length: {len(body)}\r\n\r\n" if headers else f"Content-Length: {len(body)}\r\n\r\n"
+        else:
+            end = "\r\n\r\n" if headers else "\r\n"
+        head = f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n{_CRLF.join(map(_COLON.join, headers))}{end}".encode("utf-8", "replace")
         return head + body if body else head
 
     def _loop_and_cork(self) -> tuple[asyncio.AbstractEventLoop, Cork]:
@@ -440,7 +479,7 @@ class Http11Pool:
         self._idle.append(conn)
         return True
 
-    def start(self, request: UpstreamRequest, timeout: float, on_done: Callable[[UpstreamAnswer | None, BaseException | None], None]) -> bool:
+    def start(self, request: UpstreamRequest, timeout: float, on_done: DoneCallback) -> bool:
         """The callback path: send on a pooled connection and call ``on_done(answer, None)`` or
         ``on_done(None, error)`` (our ``UpstreamError``, or the exception itself if no table entry
         maps it: a bug) from the connection's own callbacks. False, with nothing done, when no
@@ -452,29 +491,35 @@ class Http11Pool:
         conn = self._take_idle()
         if conn is None:
             return False
-        loop, _ = self._loop_and_cork()
-        data = self.request_bytes(request.method, request.target, request.headers, request.body)
+        loop = self._loop
+        if loop is None:
+            loop, _ = self._loop_and_cork()
+        method = request.method
+        data = self.request_bytes(method, request.target, request.headers, request.body)
         conn.deadline = loop.time() + timeout
+        conn.method = method
+        conn.timeout = timeout
+        conn.on_done = on_done
         self._busy.add(conn)
         if self._tick_handle is None:
             self._tick = max(0.005, min(0.05, timeout / 4))
             self._tick_handle = loop.call_later(self._tick, self._expire_busy)
         try:
-            conn.start(data, request.method == "HEAD", partial(self._started_done, conn, request.method, timeout, on_done))
+            conn.start(data, method == "HEAD", self._on_started)
         except Exception as exc:  # the write itself failed: nothing was sent
             self._busy.discard(conn)
-            on_done(None, self._failure(exc, conn, Phase.NOT_SENT, request.method, timeout))
+            conn.on_done = None
+            on_done(None, self._failure(exc, conn, Phase.NOT_SENT, method, timeout))
         return True
 
-    def _started_done(
-        self, conn: _Connection, method: str, timeout: float,
-        on_done: Callable[[UpstreamAnswer | None, BaseException | None], None],
-        answer: UpstreamAnswer | None, exc: BaseException | None,
-    ) -> None:
+    def _started_done(self, conn: _Connection, answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
         self._busy.discard(conn)
         conn.deadline = 0.0
+        on_done, conn.on_done = conn.on_done, None
+        if on_done is None:
+            return  # ``start`` already told it (the write itself failed): the outcome goes out once
         if exc is not None:
-            on_done(None, self._failure(exc, conn, Phase.SENT, method, timeout))
+            on_done(None, self._failure(exc, conn, Phase.SENT, conn.method, conn.timeout))
             return
         self._recycle(conn)
         on_done(answer, None)
