@@ -4,8 +4,10 @@ reached the partner, built from the finished exchange under the runtime's ``LogP
 from __future__ import annotations
 
 import logging
-import time
+from time import perf_counter
 from typing import Any
+
+import orjson
 
 from proxy.commlog import CommunicationLog, LogPolicy, encode
 from proxy.exchange import Exchange, UpstreamResponse
@@ -27,6 +29,12 @@ class AccessLog:
         self.debug = policy.enabled(logging.DEBUG)
         # The record's keys are fixed: scrub only when the policy names one of them.
         self._scrub = policy.redacts_any(PARTNER_CALL_FIELDS)
+        # The common case (nothing to scrub, no body capture) is one test per record, and the
+        # writer's methods are bound once: on_finish runs for every request (~2 us of it was lookups
+        # and calls around the one orjson.dumps).
+        self._plain = not self._scrub and not policy.capture_bodies
+        self._now = writer.now
+        self._write_line = writer.write_line
 
     def on_start(self, ex: Exchange, route: CompiledRoute) -> None:
         if self.debug:
@@ -41,7 +49,7 @@ class AccessLog:
         if not ex.attempts or not self.enabled or route is None:
             return
         fields: dict[str, Any] = {
-            "time": self.writer.now(),
+            "time": self._now(),
             "level": "info",
             "event": "partner_call",
             "request_id": ex.request_id,
@@ -56,13 +64,17 @@ class AccessLog:
             "partner_status": ex.partner_status,
             "partner_code": ex.partner_code,
             "error_type": ex.error_type,
-            "latency_ms": round((time.perf_counter() - ex.started) * 1000, 2),
+            "latency_ms": round((perf_counter() - ex.started) * 1000, 2),
             "token_source": ex.token_source,
             "token_retried": ex.token_retried,
             "breaker_state": ex.breaker_state,
         }
+        if self._plain:
+            # ``encode`` inlined (one call less): the same orjson call, so the same escaping.
+            self._write_line(orjson.dumps(fields, default=str).decode())
+            return
         if self._scrub:
             fields = self.policy.scrub(fields)
         if self.policy.capture_bodies and upstream is not None:
             fields["response_body"] = self.policy.body_excerpt(upstream.body)
-        self.writer.write_line(encode(fields))
+        self._write_line(encode(fields))
