@@ -94,7 +94,8 @@ def test_partner_call_records_are_the_reference_ones(monkeypatch: pytest.MonkeyP
     route: Any = types.SimpleNamespace(name="get_products", cluster="tokopedia", upstream_path="/v1/products")
     hostile = 'x"}\n{"event":"forged"}\r\n\u2028\x00é' + "y" * 200
     for i, latency in enumerate(LATENCIES):
-        ex = texchange(headers={"Content-Type": "application/json", "X-Client-Id": hostile if i % 2 else "app-1"})
+        name = ("X-Client-Id", "x-client-id", "X-CLIENT-ID")[i % 3]  # matched whatever the case
+        ex = texchange(headers={"Content-Type": "application/json", name: hostile if i % 2 else "app-1"})
         ex.attempts, ex.partner_status, ex.partner_code, ex.error_type = 1 + i % 2, 200 if i % 3 else 502, None if i % 3 else "E1", None if i % 3 else "PartnerError"
         ex.token_source, ex.token_retried, ex.breaker_state = "memory", bool(i % 2), "closed"
         monkeypatch.setattr(accesslog, "perf_counter", lambda latency=latency, ex=ex: ex.started + latency)
@@ -104,3 +105,4 @@ def test_partner_call_records_are_the_reference_ones(monkeypatch: pytest.MonkeyP
         assert writer.lines[-1] == want
     assert len(writer.lines) == len(LATENCIES)
     assert all("s3cr3t" not in line for line in writer.lines)
+    assert sum('"client_id":"app-1"' in line for line in writer.lines) == len(LATENCIES) // 2 or policy.redact >= {"client_id"}
