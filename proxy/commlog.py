@@ -49,42 +49,44 @@ class _Clock:
     """ISO-8601 UTC timestamps with milliseconds, called once per record (~0.45 us formatted each time).
 
     A busy worker writes many records per millisecond, so the last string is kept with the closed
-    range ``[_lo, _hi]`` of ``time.time()`` values known to format to it: a hit is one float
+    range ``[lo, hi]`` of ``time.time()`` values known to format to it: a hit is one float
     comparison. The range is sound because, within one second, the text is a non-decreasing
     function of ``t`` (``t - second`` is exact there, a product rounds monotonically, ``int``
-    too): if both ends format to the same text, every ``t`` between them does. ``_hi`` is checked,
+    too): if both ends format to the same text, every ``t`` between them does. ``hi`` is checked,
     not assumed, so whatever float arithmetic does near a boundary, a hit returns exactly what
     formatting ``t`` would. The seconds part is formatted once per second.
+
+    Each cache is one tuple, replaced in one assignment: a caller on another thread reads a range
+    and its text (or a second and its prefix) that belong together, never half of an update.
     """
 
-    __slots__ = ("_second", "_prefix", "_lo", "_hi", "_last")
+    __slots__ = ("_second", "_last")
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-        self._lo = 1.0  # an empty range: the first call formats
-        self._hi = 0.0
-        self._last = ""
+        self._second: tuple[int, str] = (-1, "")
+        self._last: tuple[float, float, str] = (1.0, 0.0, "")  # an empty range: the first call formats
 
     def now(self) -> str:
         t = time.time()
-        if self._lo <= t <= self._hi:
-            return self._last
+        lo, hi, text = self._last
+        if lo <= t <= hi:
+            return text
         return self._format(t)
 
     def _format(self, t: float) -> str:
         second = int(t)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        cached, prefix = self._second
+        if second != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
         ms = int((t - second) * 1000)
-        text = self._prefix + _MILLIS[ms] if 0 <= ms < 1000 else f"{self._prefix}.{ms:03d}Z"
+        text = prefix + _MILLIS[ms] if 0 <= ms < 1000 else f"{prefix}.{ms:03d}Z"
         # The end of this millisecond, 1 us short of it (a margin for the rounding of the sum); if
         # that point is not provably in the same millisecond of the same second, cache only ``t``.
         hi = second + (ms + 1) / 1000 - 1e-6
         if not (hi >= t and int(hi) == second and int((hi - second) * 1000) == ms):
             hi = t
-        self._lo, self._hi, self._last = t, hi, text
+        self._last = (t, hi, text)
         return text
 
 

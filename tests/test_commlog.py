@@ -41,9 +41,9 @@ def test_cached_timestamps_are_exactly_the_formatted_ones(monkeypatch: pytest.Mo
     monkeypatch.setattr(commlog.time, "time", lambda: now)
     hits = 0
     for now in times():
-        before = clock._lo, clock._hi
+        before = clock._last
         assert clock.now() == reference(now), now
-        hits += before == (clock._lo, clock._hi)
+        hits += before is clock._last
     assert hits > 10_000  # the cache is used, not only correct
 
 
