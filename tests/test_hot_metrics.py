@@ -79,7 +79,7 @@ def test_request_metrics_observer_counts_what_prometheus_client_would(monkeypatc
     observer = RequestMetrics(hot)
     clock = [0.0]
     monkeypatch.setattr(request_metrics, "perf_counter", lambda: clock[0])
-    routes = [types.SimpleNamespace(name="get_products"), types.SimpleNamespace(name="create_order"), None]
+    routes: list[Any] = [types.SimpleNamespace(name="get_products"), types.SimpleNamespace(name="create_order"), None]
     ex: Any = types.SimpleNamespace(started=100.0)
     for round_ in range(3):  # a collection between rounds: later flushes add only what is new
         for i, v in enumerate(VALUES):
