@@ -25,7 +25,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -41,22 +41,53 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 log = logging.getLogger("proxy.commlog")
 
 
-class _Clock:
-    """ISO-8601 UTC timestamps with milliseconds; the seconds part is formatted once per second."""
+# ``.000Z`` .. ``.999Z``: a table lookup instead of an f-string with a format spec per record.
+_MILLIS: tuple[str, ...] = tuple(f".{ms:03d}Z" for ms in range(1000))
 
-    __slots__ = ("_second", "_prefix")
+
+class _Clock:
+    """ISO-8601 UTC timestamps with milliseconds, called once per record (~0.45 us formatted each time).
+
+    A busy worker writes many records per millisecond, so the last string is kept with the closed
+    range ``[lo, hi]`` of ``time.time()`` values known to format to it: a hit is one float
+    comparison. The range is sound because, within one second, the text is a non-decreasing
+    function of ``t`` (``t - second`` is exact there, a product rounds monotonically, ``int``
+    too): if both ends format to the same text, every ``t`` between them does. ``hi`` is checked,
+    not assumed, so whatever float arithmetic does near a boundary, a hit returns exactly what
+    formatting ``t`` would. The seconds part is formatted once per second.
+
+    Each cache is one tuple, replaced in one assignment: a caller on another thread reads a range
+    and its text (or a second and its prefix) that belong together, never half of an update.
+    """
+
+    __slots__ = ("_second", "_last")
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._second: tuple[int, str] = (-1, "")
+        self._last: tuple[float, float, str] = (1.0, 0.0, "")  # an empty range: the first call formats
 
     def now(self) -> str:
         t = time.time()
+        lo, hi, text = self._last
+        if lo <= t <= hi:
+            return text
+        return self._format(t)
+
+    def _format(self, t: float) -> str:
         second = int(t)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((t - second) * 1000):03d}Z"
+        cached, prefix = self._second
+        if second != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        ms = int((t - second) * 1000)
+        text = prefix + _MILLIS[ms] if 0 <= ms < 1000 else f"{prefix}.{ms:03d}Z"
+        # The end of this millisecond, 1 us short of it (a margin for the rounding of the sum); if
+        # that point is not provably in the same millisecond of the same second, cache only ``t``.
+        hi = second + (ms + 1) / 1000 - 1e-6
+        if not (hi >= t and int(hi) == second and int((hi - second) * 1000) == ms):
+            hi = t
+        self._last = (t, hi, text)
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +163,9 @@ class CommunicationLog:
         self._stream = stream
         self.policy = LogPolicy.of(level=level, redact_fields=redact_fields)  # for write() callers without their own
         self._clock = _Clock()
+        # The record's timestamp: the clock's own method, not a method that calls it (one frame per
+        # record less, ~60 ns).
+        self.now: Callable[[], str] = self._clock.now
         self._buffer: list[str] = []
         self._flush_scheduled = False
         self._pending = 0  # bytes handed to the thread and not yet written
@@ -164,9 +198,6 @@ class CommunicationLog:
         record: dict[str, Any] = {"time": self._clock.now(), "level": logging.getLevelName(level).lower(), "event": event}
         record.update(policy.scrub(fields))
         self.write_line(encode(record))
-
-    def now(self) -> str:
-        return self._clock.now()
 
     def write_line(self, line: str) -> None:
         """Queue one ready-made JSON line (the caller escaped every value it took from input)."""

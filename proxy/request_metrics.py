@@ -5,7 +5,8 @@ histogram, through hot children bound once per (route, status) (``.labels()`` pe
 
 from __future__ import annotations
 
-import time
+from bisect import bisect_left
+from time import perf_counter
 
 from proxy.exchange import Exchange, UpstreamResponse
 from proxy.metrics import HotCounter, HotHistogram, Metrics
@@ -13,28 +14,37 @@ from proxy.types import CompiledRoute
 
 UNMATCHED = "unmatched"  # the route label of requests no route matched (never the request's path)
 
+# What one (route, status) updates: the counter, the route's histogram, and that histogram's bucket
+# counts and bounds (so the per-request update needs no attribute lookups on it).
+_Bound = tuple[HotCounter, HotHistogram, list[int], list[float]]
+
 
 class RequestMetrics:
     """Long-lived (its label cache survives reloads); labels come from config, never from input."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        # One lookup per request: the counter of (route, status) and the route's histogram together.
-        self._bound: dict[tuple[str, int], tuple[HotCounter, HotHistogram]] = {}
+        # route name -> status -> what to update: two dict lookups by a str (its hash is cached) and
+        # an int are cheaper than building and hashing a (route, status) tuple per request.
+        self._bound: dict[str, dict[int, _Bound]] = {}
 
     def on_start(self, ex: Exchange, route: CompiledRoute) -> None:
         return None
 
     def on_finish(self, ex: Exchange, route: CompiledRoute | None, status: int, upstream: UpstreamResponse | None) -> None:
         name = route.name if route is not None else UNMATCHED
-        key = (name, status)
-        bound = self._bound.get(key)
-        if bound is None:
-            bound = self._bound[key] = self._bind(name, status)
-        counter, hist = bound
-        counter.inc()
-        hist.observe(time.perf_counter() - ex.started)
+        try:
+            counter, hist, counts, bounds = self._bound[name][status]
+        except KeyError:  # the first request of this (route, status): bind once
+            counter, hist, counts, bounds = self._bound.setdefault(name, {})[status] = self._bind(name, status)
+        # ``counter.inc()`` and ``hist.observe(elapsed)`` inlined (two calls of ~50 ns each, on every
+        # request): the same plain adds on the same objects, made by the loop, their only writer.
+        counter.value += 1
+        elapsed = perf_counter() - ex.started
+        counts[bisect_left(bounds, elapsed)] += 1
+        hist.sum += elapsed
 
-    def _bind(self, name: str, status: int) -> tuple[HotCounter, HotHistogram]:
+    def _bind(self, name: str, status: int) -> _Bound:
         m = self._metrics
-        return m.hot_counter(m.requests, name, str(status)), m.hot_histogram(m.request_duration, name)
+        hist = m.hot_histogram(m.request_duration, name)
+        return m.hot_counter(m.requests, name, str(status)), hist, hist.counts, hist.bounds

@@ -67,6 +67,33 @@ def test_exposition_is_prometheus_clients_own_bucket_sum_count_total() -> None:
         assert f'partner_proxy_request_duration_seconds_bucket{{le="5e-05",route="get_products"}} {float(4 * (round_ + 1))}' in got
 
 
+def test_request_metrics_observer_counts_what_prometheus_client_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RequestMetrics.on_finish`` updates the hot children inline (no inc/observe call): the
+    exposition must still be prometheus-client's own, per (route, status) and for unmatched ones."""
+    import types
+
+    from proxy import request_metrics
+    from proxy.request_metrics import UNMATCHED, RequestMetrics
+
+    hot, plain = hot_and_plain()
+    observer = RequestMetrics(hot)
+    clock = [0.0]
+    monkeypatch.setattr(request_metrics, "perf_counter", lambda: clock[0])
+    routes: list[Any] = [types.SimpleNamespace(name="get_products"), types.SimpleNamespace(name="create_order"), None]
+    ex: Any = types.SimpleNamespace(started=100.0)
+    for round_ in range(3):  # a collection between rounds: later flushes add only what is new
+        for i, v in enumerate(VALUES):
+            route, status = routes[i % 3], (200, 502, 404)[(i + round_) % 3]
+            clock[0] = ex.started + v
+            observer.on_finish(ex, route, status, None)
+            name = route.name if route is not None else UNMATCHED
+            plain.requests.labels(name, str(status)).inc()
+            plain.request_duration.labels(name).observe(clock[0] - ex.started)
+        names = ("partner_proxy_requests_total", "partner_proxy_request_duration_seconds")
+        assert series(hot, *names) == series(plain, *names)
+    assert hot.registry.get_sample_value("partner_proxy_requests_total", {"route": UNMATCHED, "status": "404"})
+
+
 def test_a_collection_flushes_the_hot_children_no_explicit_flush_needed() -> None:
     """Fails if the flush in collect() goes: nothing here calls flush()."""
     m = Metrics(CollectorRegistry())
