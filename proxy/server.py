@@ -145,17 +145,32 @@ class Server:
 
     async def run(self, routes_path: str, errors_path: str, *, on_ready: Callable[[], None] | None = None) -> int:
         loop = asyncio.get_running_loop()
-        await self.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.on_signal, sig)
         reload_tasks: set[asyncio.Task[bool]] = set()
+        started = False
 
         def on_hup() -> None:
+            if not started:  # the watcher compares with the files as they were read: an edit is not lost
+                log.info("SIGHUP during start-up: ignored (a change to the files is picked up once started)")
+                return
             task = loop.create_task(self.state.reload(routes_path, errors_path))
             reload_tasks.add(task)
             task.add_done_callback(reload_tasks.discard)
 
+        # Before the listeners open: a signal's default action would end the process with no drain
+        # (exit -15) and reset connections the kernel already accepted for it. A SIGTERM now means
+        # "drain as soon as started", with nothing in flight yet.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        try:
+            await self.start()
+        except BaseException:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            raise
+        started = True
+        if self.state.draining and self.h1 is not None:
+            self.h1.closing = True  # the signal came while starting: answers say Connection: close
         watcher = loop.create_task(watch_files(self.state, routes_path, errors_path, self.stop, self.read_at))
         gauges = loop.create_task(self._refresh_gauges())
         tune_gc()

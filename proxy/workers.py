@@ -71,6 +71,8 @@ def run_workers(count: int, routes: str, errors: str) -> int:
     try:
         workers.extend(spawn() for _ in range(count))
         log.info("started %d workers: %s", count, [w.pid for w in workers])
+        if stopping:  # the signal came before the workers existed: it was forwarded to none of them
+            forward(signal.SIGTERM, None)
         exit_code = 0
         while workers:
             for w in list(workers):
@@ -80,6 +82,12 @@ def run_workers(count: int, routes: str, errors: str) -> int:
                 workers.remove(w)
                 _mark_dead(w.pid)
                 if stopping:
+                    if w.exitcode in (-signal.SIGTERM, -signal.SIGINT):
+                        # Ended by the signal we forwarded before it had its handlers: it was still
+                        # starting (they are installed before its listeners open), so nothing was
+                        # in flight and nothing was lost.
+                        log.info("worker %s stopped while starting", w.pid)
+                        continue
                     exit_code = exit_code or (w.exitcode or 0)
                     continue
                 now = time.monotonic()

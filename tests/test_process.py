@@ -9,6 +9,8 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Awaitable
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from proxy.sandbox import SANDBOX_STATE, SandboxState
-from tests.helpers import ERRORS, patched_routes, sandbox_app
+from tests.helpers import ERRORS, ROOT, patched_routes, sandbox_app
 from tests.process import Sidecar, get_products, metric_value
 from tests.redis_server import RedisServer
 
@@ -390,6 +392,29 @@ async def test_two_workers_share_ports_metrics_and_one_token(start: StartFn, ses
     sidecar.signal(signal.SIGTERM)
     sidecar.signal(signal.SIGTERM)
     assert await sidecar.wait() == 0
+
+
+async def test_sigterm_while_the_workers_start_is_a_clean_exit(sandbox: TestServer) -> None:
+    """A pod deleted right after it started: the SIGTERM reaches workers still importing, before
+    they have handlers. Nothing was in flight, so that is a clean stop (exit 0), not exit 241
+    (-SIGTERM) for Kubernetes to report as a crash; and the supervisor waits for every worker."""
+    sidecar = Sidecar(str(sandbox.make_url("")).rstrip("/"), args=("--workers", "2"))
+    try:
+        sidecar.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--config", str(sidecar.routes), "--errors", str(sidecar.errors), "--workers", "2"],
+            cwd=ROOT, env=sidecar.env, stdout=sidecar.stdout_path.open("wb"), stderr=sidecar.stderr_path.open("wb"),
+        )
+        deadline = asyncio.get_running_loop().time() + 20
+        children = Path(f"/proc/{sidecar.proc.pid}/task/{sidecar.proc.pid}/children")
+        while len(children.read_text().split()) < 2:  # the workers were just spawned: still importing
+            assert sidecar.proc.poll() is None, sidecar.stderr()
+            assert asyncio.get_running_loop().time() < deadline, "the supervisor did not start its workers"
+            await asyncio.sleep(0.01)
+        sidecar.signal(signal.SIGTERM)
+        assert await sidecar.wait() == 0, sidecar.stderr()
+    finally:
+        sidecar.kill()
+        shutil.rmtree(sidecar.dir, ignore_errors=True)
 
 
 async def test_port_in_use_is_a_clear_error_not_a_traceback(sandbox: TestServer) -> None:
