@@ -339,7 +339,16 @@ def _what_is_wrong(files: dict[str, str], exc: BaseException) -> str:
                 problems.append(f"{name}: no complete PEM {what} in it (empty, half-written or another kind of file)")
     if problems:
         return "; ".join(problems)
-
+    certfile, keyfile = files.get("ssl_certfile"), files.get("ssl_keyfile")
+    if certfile and keyfile:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certfile=certfile, keyfile=keyfile)
+        except ssl.SSLError as chain_exc:
+            if chain_exc.reason == "KEY_VALUES_MISMATCH":
+                return f"ssl_keyfile={keyfile} is not the key of ssl_certfile={certfile}"
+            return f"ssl_keyfile={keyfile}: no complete PEM private key in it (empty, half-written, encrypted or another kind of file)"
+        except (OSError, ValueError):
+            return f"ssl_keyfile={keyfile}: cannot be loaded with ssl_certfile={certfile}"
     return f"the TLS context cannot be built ({type(exc).__name__})"
 
 
