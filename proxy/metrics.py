@@ -217,6 +217,9 @@ class Metrics:
             multiprocess_mode="liveall",
         )
         self.redis_errors = FlushingCounter(p + "redis_errors", "Redis operations that failed", ["op"], registry=r)
+        self.redis_tls_reloads = FlushingCounter(
+            p + "redis_tls_reloads", "Redis TLS files replaced on disk: put in use (success) or kept out (failure)", ["result"], registry=r
+        )
         self.partner_errors = FlushingCounter(
             p + "partner_errors", "Partner error answers by code and mapped type", ["cluster", "partner_code", "type"], registry=r
         )

@@ -429,3 +429,31 @@ def acl_log(port: int, *, tls: Pki | None = None) -> str:
         capture_output=True, text=True, timeout=10, check=False,
     )
     return out.stdout
+
+
+class SecretVolume:
+    """A directory laid out as Kubernetes mounts a Secret: each key a symlink ``<key> -> ..data/<key>``,
+    ``..data`` a symlink to a timestamped directory. ``update`` writes a new directory and swaps
+    ``..data`` atomically (rename), as the kubelet does when cert-manager rotates the Secret: the
+    paths the sidecar was given stay the same, their real files change."""
+
+    def __init__(self, root: Path, files: dict[str, Path | bytes]) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._version = 0
+        self.update(files)
+        for key in files:
+            (root / key).symlink_to(Path("..data") / key)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def update(self, files: dict[str, Path | bytes]) -> None:
+        self._version += 1
+        target = self.root / f"..{self._version}"
+        target.mkdir()
+        for key, content in files.items():
+            (target / key).write_bytes(content if isinstance(content, bytes) else content.read_bytes())
+        tmp = self.root / "..data_tmp"
+        tmp.symlink_to(target.name)
+        tmp.replace(self.root / "..data")

@@ -12,7 +12,10 @@ replica, replication and sentinel links over TLS) and a TLS Cluster (``tls-clust
   CERT_REQUIRED and the host-name check on;
 - new connections after the CA and client certificate files were deleted still connect (nothing
   reads them per connection);
-- a wrong CA, and a certificate for another host name, are refused with the clear reason.
+- a wrong CA, and a certificate for another host name, are refused with the clear reason;
+- a CA file replaced on disk (a Secret-volume symlink swap) reaches every connection class of the
+  topology: connections made after the swap to sentinels, master or cluster nodes hold the new
+  context (failed and broken replacements: tests/test_redis_tls_rotation.py).
 """
 
 from __future__ import annotations
@@ -29,13 +32,17 @@ from redis.asyncio.cluster import RedisCluster
 
 from proxy.config.models import Secret, TokenCacheConfig
 from proxy.config.redis_url import parse_redis_url
+from proxy.metrics import Metrics
+from proxy.oauth import redis_client
 from proxy.oauth.redis_client import RedisClient, build_client, failure_reason
+from proxy.oauth.store import RedisTokenStore
 from tests.blocking import no_blocking_calls
 from tests.redis_topologies import (
     SIDECAR_PASSWORD,
     SIDECAR_USER,
     Pki,
     RedisProc,
+    SecretVolume,
     Topology,
     make_pki,
     make_server_cert,
@@ -226,3 +233,54 @@ async def test_a_certificate_for_another_host_is_refused(root: Path, pki: Pki) -
             await client.aclose()
     finally:
         node.stop()
+
+
+# --- rotation: a CA file replaced on disk reaches every connection class ---------------------------
+
+
+async def disconnect_all(client: RedisClient) -> None:
+    """Close every open connection (the objects stay in their pools and reconnect on demand)."""
+    if isinstance(client, RedisCluster):
+        for node in client.get_nodes():
+            await node.disconnect()
+        return
+    await client.connection_pool.disconnect()
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel_client in manager.sentinels if manager is not None else []:
+        await sentinel_client.connection_pool.disconnect()
+
+
+async def test_a_replaced_ca_file_reaches_every_connection_of_the_topology(topo: Topology, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CA file is swapped (Secret-volume symlink) for a bundle that also verifies the servers:
+    the context is rebuilt off the loop, and every connection made after the swap, to a sentinel,
+    the master or a cluster node, holds the new one."""
+    pki = topo.tls
+    assert pki is not None
+    monkeypatch.setattr(redis_client, "TLS_POLL_INTERVAL", 0.05)
+    vol = SecretVolume(tmp_path / "redis-tls", {"ca.crt": pki.ca, "tls.crt": pki.client_cert, "tls.key": pki.client_key})
+    url = with_files(topo.url, vol.path("ca.crt"), vol.path("tls.crt"), vol.path("tls.key"))
+    metrics = Metrics()
+    store = RedisTokenStore.from_config(TokenCacheConfig(redis_url=Secret(url), connect_timeout=2.0, socket_timeout=2.0), metrics)
+    assert store is not None and store._tls is not None
+    try:
+        with no_blocking_calls(["proxy"]):
+            assert (await store.get("tls-rotation", 0.0)).ok
+            old = assert_one_context(tls_connections(store._redis), at_least=1)
+            vol.update({"ca.crt": pki.other_ca.read_bytes() + pki.ca.read_bytes(), "tls.crt": pki.client_cert, "tls.key": pki.client_key})
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if store._tls.context is not old:
+                    break
+            else:
+                raise AssertionError("the replaced CA file was not put in use")
+            await disconnect_all(store._redis)
+            assert (await store.get("tls-rotation", 0.0)).ok
+            await burst(store._redis)
+        assert metrics.registry.get_sample_value("partner_proxy_redis_tls_reloads_total", {"result": "success"}) == 1
+        assert {id(c.shared_ssl_context) for c in store._tls.classes} == {id(store._tls.context)}  # type: ignore[attr-defined]
+        connected = [c for c in tls_connections(store._redis) if c.is_connected]
+        assert assert_one_context(connected, at_least=3) is store._tls.context
+        if "sentinel" in topo.url:
+            assert any(type(c).__name__ == "SharedContextSSLConnection" for c in connected), "no sentinel connection made after the swap"
+    finally:
+        await store.close()

@@ -16,13 +16,20 @@ CA bundle, the client certificate), and every connection of the client uses that
 sentinel connections, master connections, every cluster node. Left to itself, redis-py builds a
 context per connection object, reading the CA bundle and the certificate files from disk on the
 event loop each time (``RedisSSLContext.get``); it has no parameter for a ready context, so the
-connection classes here are ``SSLConnection`` subclasses whose ``RedisSSLContext`` starts with the
-shared context already set, which ``get`` then returns as is. The files are read once, when the
-client is built (at start-up; on a reload only when ``token_cache`` changed, since the stores are
-kept per ``TokenCacheConfig``); replacing them on disk takes effect on the next start, not on the
-next connection.
+connection classes here are ``SSLConnection`` subclasses whose ``RedisSSLContext`` holds the
+shared context (a class attribute, ``shared_ssl_context``), which ``get`` then returns as is. The
+files are read when the client is built (at start-up; on a reload only when ``token_cache``
+changed, since the stores are kept per ``TokenCacheConfig``), and again when they change on disk:
+``TlsFiles.watch`` (run by the token store while it is open) stats the files (``ssl_ca_certs``,
+``ssl_certfile``, ``ssl_keyfile``; not the system CA bundle) every
+``TLS_POLL_INTERVAL`` seconds in a thread, following symlinks (a Kubernetes Secret volume swaps
+a symlink), and on a change builds a new context in a thread and puts it in the client's
+connection classes. Every connect from then on uses it (a pooled connection object that
+reconnects too); a connection already open keeps its TLS session until it is closed. Files that
+cannot be used (half-written, a key of another certificate) leave the current context in place,
+with one warning naming the file and what is wrong, and are tried again on every poll.
 
-Apart from reading the TLS files, no I/O happens here. Timeouts are explicit (redis-py waits 5 s
+Apart from the TLS files (read as above), no I/O happens here. Timeouts are explicit (redis-py waits 5 s
 or forever by default), timeouts are never retried, and one immediate retry on a dropped connection is allowed (it hides a stale pooled
 connection after a restart or a failover).
 
@@ -32,7 +39,11 @@ own error text is never logged because it can echo hosts and, in some versions, 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import ssl
+from collections.abc import Callable
 from typing import Any, Final
 
 import redis
@@ -52,12 +63,28 @@ from proxy.config.redis_url import RedisTarget
 # timeout for one, then treats Redis as unavailable.
 POOL_SIZE: Final = 8
 
+# How often a TLS client's files (CA, client certificate, key) are checked for a replacement on
+# disk. A stat of each file, in a thread; a rotation is picked up within this many seconds.
+TLS_POLL_INTERVAL: Final = 5.0
+
 RedisClient = aioredis.Redis | RedisCluster
+
+log = logging.getLogger("proxy.oauth")
 
 
 def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
     """One client for ``target``. With TLS, reads the CA and client certificate files (once)."""
-    context = tls_context(target) if target.tls else None
+    return build_client_and_tls(target, config)[0]
+
+
+def build_client_and_tls(target: RedisTarget, config: TokenCacheConfig) -> tuple[RedisClient, TlsFiles | None]:
+    """One client for ``target``, and with TLS the ``TlsFiles`` that can swap its context when
+    the files change on disk (``TlsFiles.watch``; nothing watches until that runs)."""
+    tls = TlsFiles.load(target) if target.tls else None
+    return _build(target, config, tls), tls
+
+
+def _build(target: RedisTarget, config: TokenCacheConfig, tls: TlsFiles | None) -> RedisClient:
     common: dict[str, Any] = {
         "socket_timeout": config.socket_timeout,
         "socket_connect_timeout": config.connect_timeout,
@@ -75,8 +102,8 @@ def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
             **common,
             **_tls(target),
         )
-        if context is not None:
-            _share_context_in_cluster(cluster, context)
+        if tls is not None:
+            _share_context_in_cluster(cluster, tls)
         return cluster
     connection: dict[str, Any] = {
         **common,
@@ -95,16 +122,16 @@ def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
         }
         sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs, **connection, **_tls(target))
         master_kwargs: dict[str, Any] = {}
-        if context is not None:
+        if tls is not None:
             # The sentinels: redis.asyncio.Redis takes no connection class, so the pools of the
             # clients Sentinel made (each with ssl=True: SSLConnection) get the shared-context
             # subclass. Nothing has connected yet: Sentinel does no I/O when built.
-            sentinel_class = _shared_context_class(SSLConnection, context)
+            sentinel_class = tls.connection_class(SSLConnection)
             for client in sentinel.sentinels:
                 _expect(client.connection_pool.connection_class is SSLConnection, "how Redis picks its TLS connection class")
                 client.connection_pool.connection_class = sentinel_class
             # The master: SentinelConnectionPool takes connection_class.
-            master_kwargs["connection_class"] = _shared_context_class(SentinelManagedSSLConnection, context)
+            master_kwargs["connection_class"] = tls.connection_class(SentinelManagedSSLConnection)
         # SentinelConnectionPool is not a blocking pool: allow more connections than the plain
         # pool so a short burst does not hit "Too many connections" (which would still only be
         # a counted miss).
@@ -119,17 +146,17 @@ def build_client(target: RedisTarget, config: TokenCacheConfig) -> RedisClient:
         )
         return aioredis.Redis.from_pool(pool)
     host, port = target.nodes[0]
-    tls: dict[str, Any] = {}
-    if context is not None:
-        connection["connection_class"] = _shared_context_class(SSLConnection, context)
-        tls = _tls_kwargs(target)
+    ssl_kwargs: dict[str, Any] = {}
+    if tls is not None:
+        connection["connection_class"] = tls.connection_class(SSLConnection)
+        ssl_kwargs = _tls_kwargs(target)
     pool = aioredis.BlockingConnectionPool(
         host=host,
         port=port,
         max_connections=POOL_SIZE,
         timeout=config.connect_timeout,
         **connection,
-        **tls,
+        **ssl_kwargs,
     )
     return aioredis.Redis.from_pool(pool)
 
@@ -148,8 +175,12 @@ def tls_context(target: RedisTarget) -> ssl.SSLContext:
 
 
 class _SharedContext:
-    """Mixin for a redis-py ``SSLConnection`` class: its ``RedisSSLContext`` starts with the shared
-    context set, so ``get()`` returns it instead of building (and reading files for) a new one.
+    """Mixin for a redis-py ``SSLConnection`` class: its ``RedisSSLContext`` holds the shared
+    context, so ``get()`` returns it instead of building (and reading files for) a new one.
+
+    The class attribute is the client's current context (``TlsFiles`` replaces it when the files
+    change on disk); each connect, a pooled connection object reconnecting included, takes the
+    current one. A connection already open keeps the TLS session it has.
 
     Host-name verification is the context's (``check_hostname``): asyncio passes the host the
     connection dials as ``server_hostname``, so each connection checks its own server's name."""
@@ -160,6 +191,10 @@ class _SharedContext:
         super().__init__(**kwargs)
         self.ssl_context.context = self.shared_ssl_context  # type: ignore[attr-defined]
 
+    def _connection_arguments(self) -> Any:
+        self.ssl_context.context = self.shared_ssl_context  # type: ignore[attr-defined]
+        return super()._connection_arguments()  # type: ignore[misc]
+
 
 def _shared_context_class(base: type[SSLConnection], context: ssl.SSLContext) -> type[SSLConnection]:
     """``base`` with every instance on ``context`` (a class per client: redis-py makes connections
@@ -167,18 +202,154 @@ def _shared_context_class(base: type[SSLConnection], context: ssl.SSLContext) ->
     return type(f"SharedContext{base.__name__}", (_SharedContext, base), {"shared_ssl_context": context})
 
 
-def _share_context_in_cluster(cluster: RedisCluster, context: ssl.SSLContext) -> None:
+def _share_context_in_cluster(cluster: RedisCluster, tls: TlsFiles) -> None:
     """RedisCluster hard-codes ``SSLConnection`` for ``ssl=True`` and takes no connection class.
 
     Every node it will ever make (the slot map, a MOVED redirect) is built from
     ``cluster.connection_kwargs``, the dict the NodesManager shares; the seed nodes were built
     before this and hold their own copy of the class. Nothing has connected yet."""
-    shared = _shared_context_class(SSLConnection, context)
+    shared = tls.connection_class(SSLConnection)
     _expect(cluster.connection_kwargs["connection_class"] is SSLConnection, "how RedisCluster picks its TLS connection class")
     cluster.connection_kwargs["connection_class"] = shared
     _expect(cluster.nodes_manager.connection_kwargs is cluster.connection_kwargs, "how RedisCluster builds its nodes")
     for node in [*cluster.startup_nodes, *cluster.nodes_manager.startup_nodes.values()]:
         node.connection_class = shared
+
+
+# --- TLS files replaced on disk -------------------------------------------------------------------
+
+FileFingerprint = tuple[int, int, int, str] | None  # mtime (ns), size, inode, real path; None: unreadable
+
+
+def _fingerprint(path: str) -> FileFingerprint:
+    """What changes when a file is rewritten or, in a Kubernetes Secret volume, swapped by symlink."""
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, real)
+
+
+class TlsFiles:
+    """The TLS files of one client, the context built from them, and the connection classes that
+    hand it to every new connection.
+
+    ``check`` (a poll: ``watch`` runs it every ``TLS_POLL_INTERVAL``) stats the files in a thread;
+    when one changed it builds a new context, in a thread too, and on success puts it in the
+    classes: connections opened from then on use it, open ones keep theirs. A context that cannot
+    be built (a half-written file, a key of another certificate) leaves the current one in place,
+    is logged once with the file and the reason, and is tried again on every poll."""
+
+    def __init__(self, target: RedisTarget, context: ssl.SSLContext, seen: tuple[FileFingerprint, ...]) -> None:
+        self.target = target
+        self.context = context
+        self.files: dict[str, str] = {
+            key: path for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if (path := getattr(target, key))
+        }
+        self.classes: list[type[SSLConnection]] = []
+        self._seen = seen  # the fingerprints of the files ``context`` was built from
+        self._problem = ""  # what is wrong with the files on disk now, once logged
+
+    @classmethod
+    def load(cls, target: RedisTarget) -> TlsFiles:
+        """Read the files and build the context, in the calling thread. The fingerprints are taken
+        first: a change made while the context is built is seen by the next check."""
+        files = [getattr(target, key) for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if getattr(target, key)]
+        seen = tuple(_fingerprint(f) for f in files)
+        return cls(target, tls_context(target), seen)
+
+    def connection_class(self, base: type[SSLConnection]) -> type[SSLConnection]:
+        shared = _shared_context_class(base, self.context)
+        self.classes.append(shared)
+        return shared
+
+    def fingerprints(self) -> tuple[FileFingerprint, ...]:
+        """Blocking (a stat per file): call in a thread."""
+        return tuple(_fingerprint(path) for path in self.files.values())
+
+    async def check(self) -> str:
+        """One poll: ``unchanged``; ``reloaded`` (new connections use the new context); ``failed``
+        (the current context stays, the problem is logged) or ``still_failing`` (the same problem,
+        not logged again). Blocking work runs in a thread."""
+        now = await asyncio.to_thread(self.fingerprints)
+        if now == self._seen:
+            if self._problem:
+                self._problem = ""
+                log.info("Redis TLS files for %s are back to the ones in use", self.target.describe())
+            return "unchanged"
+        built = await asyncio.to_thread(_build_or_explain, self.target, self.files)
+        if isinstance(built, str):
+            if built == self._problem:
+                return "still_failing"
+            self._problem = built
+            log.warning(
+                "Redis TLS files for %s changed but cannot be used, new connections keep the previous certificate: %s; trying again every %g s",
+                self.target.describe(), built, TLS_POLL_INTERVAL,
+            )
+            return "failed"
+        self.context, self._seen, self._problem = built, now, ""
+        for shared in self.classes:
+            shared.shared_ssl_context = built  # type: ignore[attr-defined]
+        log.info("Redis TLS files for %s changed: new connections use the new certificate", self.target.describe())
+        return "reloaded"
+
+    async def watch(self, on_result: Callable[[str], None] | None = None) -> None:
+        """``check`` every ``TLS_POLL_INTERVAL`` until cancelled; ``on_result`` gets ``reloaded`` and
+        ``failed`` (once per problem)."""
+        while True:
+            await asyncio.sleep(TLS_POLL_INTERVAL)
+            try:
+                result = await self.check()
+            except Exception:  # never stop watching; the next poll tries again
+                log.exception("Redis TLS file check for %s failed", self.target.describe())
+                continue
+            if on_result is not None and result in ("reloaded", "failed"):
+                on_result(result)
+
+
+def _build_or_explain(target: RedisTarget, files: dict[str, str]) -> ssl.SSLContext | str:
+    """A new context from the files, or what is wrong with them, in words (blocking: a thread)."""
+    try:
+        return tls_context(target)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        return _what_is_wrong(files, exc)
+
+
+def _what_is_wrong(files: dict[str, str], exc: BaseException) -> str:
+    """Which file(s) cannot be used and why: fixed phrases and the paths, never the contents nor
+    OpenSSL's text. Each file is loaded alone to find the culprit (blocking: a thread)."""
+    problems: list[str] = []
+    for key, path in files.items():
+        name = f"{key}={path}"
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            problems.append(f"{name}: no such file")
+            continue
+        except OSError:
+            problems.append(f"{name}: cannot be read (permissions, or not a file)")
+            continue
+        if key in ("ssl_ca_certs", "ssl_certfile"):
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+            except (OSError, ValueError):
+                what = "CA certificate" if key == "ssl_ca_certs" else "certificate"
+                problems.append(f"{name}: no complete PEM {what} in it (empty, half-written or another kind of file)")
+    if problems:
+        return "; ".join(problems)
+    certfile, keyfile = files.get("ssl_certfile"), files.get("ssl_keyfile")
+    if certfile and keyfile:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certfile=certfile, keyfile=keyfile)
+        except ssl.SSLError as chain_exc:
+            if chain_exc.reason == "KEY_VALUES_MISMATCH":
+                return f"ssl_keyfile={keyfile} is not the key of ssl_certfile={certfile}"
+            return f"ssl_keyfile={keyfile}: no complete PEM private key in it (empty, half-written, encrypted or another kind of file)"
+        except (OSError, ValueError):
+            return f"ssl_keyfile={keyfile}: cannot be loaded with ssl_certfile={certfile}"
+    return f"the TLS context cannot be built ({type(exc).__name__})"
 
 
 def _tls(target: RedisTarget) -> dict[str, Any]:

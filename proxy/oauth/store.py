@@ -17,11 +17,15 @@ With Redis Cluster (``redis+cluster://``) the provider is a hash tag, ``<prefix>
 touch one key each, but a future script may touch both). Single-node and Sentinel keep the plain
 layout, which is what operators ``GET``/``DEL`` by hand (docs/deploy.md).
 
-Which server(s) the client talks to, TLS and ACL users: ``proxy.oauth.redis_client``.
+Which server(s) the client talks to, TLS and ACL users: ``proxy.oauth.redis_client``. With TLS,
+the store watches the client's certificate files from its first command until ``close``
+(``TlsFiles.watch``): a replaced CA or client certificate is used by the connections opened after
+it, without a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -34,7 +38,7 @@ from redis.exceptions import RedisError
 from proxy.config.models import TokenCacheConfig
 from proxy.config.redis_url import parse_redis_url
 from proxy.metrics import Metrics
-from proxy.oauth.redis_client import RedisClient, build_client, failure_reason
+from proxy.oauth.redis_client import RedisClient, TlsFiles, build_client_and_tls, failure_reason
 from proxy.oauth.token import Grant
 
 # Every way a Redis call can fail. redis' TimeoutError/ConnectionError are RedisErrors; the
@@ -99,7 +103,9 @@ class Lock(NamedTuple):
 class RedisTokenStore:
     """Token cache and fetch lock for all providers, on one small redis.asyncio pool."""
 
-    def __init__(self, client: RedisClient, config: TokenCacheConfig, metrics: Metrics, *, where: str = "") -> None:
+    def __init__(
+        self, client: RedisClient, config: TokenCacheConfig, metrics: Metrics, *, where: str = "", tls: TlsFiles | None = None
+    ) -> None:
         self._redis = client
         self._prefix = config.key_prefix
         # Redis Cluster: the provider name is the hash tag, so a provider's keys share one slot.
@@ -115,6 +121,12 @@ class RedisTokenStore:
         self._release_if_owner = client.register_script(_RELEASE_IF_OWNER)
         self._log = logging.getLogger("proxy.oauth")
         self._failing = ""  # the reason of the current outage: logs transitions, not every failed command
+        # TLS: the certificate files are watched from the first command (a task needs the running
+        # loop, and a store nothing uses has nothing to keep fresh) until close.
+        self._tls = tls
+        self._watching = tls is None  # True once started, or when there is nothing to watch
+        self._watch: asyncio.Task[None] | None = None
+        self._tls_reloads = metrics.redis_tls_reloads
 
     @classmethod
     def from_config(cls, config: TokenCacheConfig, metrics: Metrics) -> RedisTokenStore | None:
@@ -127,17 +139,33 @@ class RedisTokenStore:
         if not url:
             return None
         target = parse_redis_url(url)
-        return cls(build_client(target, config), config, metrics, where=target.describe())
+        client, tls = build_client_and_tls(target, config)
+        return cls(client, config, metrics, where=target.describe(), tls=tls)
 
     def __repr__(self) -> str:
         return f"RedisTokenStore(prefix={self._prefix!r})"  # the URL may hold a password
 
     async def close(self) -> None:
-        """Close the pool's connections. Call once at shutdown, after the providers are closed."""
+        """Stop watching the TLS files and close the pool's connections. Call once at shutdown,
+        after the providers are closed."""
+        self._watching = True  # no watcher starts after this
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            await asyncio.wait([watch])
         try:
             await self._redis.aclose()
         except _REDIS_FAILURES:
             pass
+
+    def _start_watching(self) -> None:
+        """The TLS file watch, on the first command (the ops call this while ``_watching`` is False)."""
+        self._watching = True
+        assert self._tls is not None
+        self._watch = asyncio.get_running_loop().create_task(
+            self._tls.watch(lambda result: self._tls_reloads.labels("success" if result == "reloaded" else "failure").inc()),
+            name=f"redis-tls-watch {self._where}",
+        )
 
     def _key(self, provider: str) -> str:
         if self._hash_tag:
@@ -148,6 +176,8 @@ class RedisTokenStore:
 
     async def get(self, provider: str, now: float) -> Read:
         """The stored token for ``provider``; a missing, garbled or failed read is ``grant=None``."""
+        if not self._watching:
+            self._start_watching()
         try:
             raw = await self._redis.get(self._key(provider))
         except _REDIS_FAILURES as exc:
@@ -164,6 +194,8 @@ class RedisTokenStore:
         doc = json.dumps(
             {"access_token": grant.value, "expires_at": grant.expires_at, "issued_at": grant.issued_at}
         )
+        if not self._watching:
+            self._start_watching()
         try:
             await self._set_if_newer(keys=[self._key(provider)], args=[doc, repr(grant.expires_at), ttl_ms])
         except _REDIS_FAILURES as exc:
@@ -176,6 +208,8 @@ class RedisTokenStore:
 
         Returns what stays stored (a different token another replica put there), if anything.
         """
+        if not self._watching:
+            self._start_watching()
         try:
             raw = await self._discard_if_equal(keys=[self._key(provider)], args=[rejected])
         except _REDIS_FAILURES as exc:
@@ -189,6 +223,8 @@ class RedisTokenStore:
     async def acquire_lock(self, provider: str) -> Lock:
         """``SET <key>:lock <uuid> NX PX lock_ttl``: one replica fetches, the others wait for its token."""
         owner = uuid.uuid4().hex
+        if not self._watching:
+            self._start_watching()
         try:
             got = await self._redis.set(self._key(provider) + ":lock", owner, nx=True, px=self._lock_ttl_ms)
         except _REDIS_FAILURES as exc:
@@ -199,6 +235,8 @@ class RedisTokenStore:
 
     async def release_lock(self, provider: str, owner: str) -> None:
         """Delete the lock if we still own it; if this fails the lock expires by itself."""
+        if not self._watching:
+            self._start_watching()
         try:
             await self._release_if_owner(keys=[self._key(provider) + ":lock"], args=[owner])
         except _REDIS_FAILURES as exc:
