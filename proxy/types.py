@@ -18,7 +18,6 @@ from proxy.exchange import Exchange, UpstreamResponse
 from proxy.reply import Reply
 from proxy.tracing import LanguagePicker
 
-
 Next = Callable[[Exchange], Awaitable[UpstreamResponse]]
 # How the callback path (``proxy.fastpath``) hands on an outcome: the answer, or what was raised.
 Done = Callable[[UpstreamResponse | None, BaseException | None], None]
