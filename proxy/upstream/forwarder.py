@@ -117,25 +117,28 @@ class Forwarder:
         return pool is not None and self.cluster.limits.can_take_now() and pool.has_idle()
 
     def start(self, ex: Exchange, done: Done) -> None:
-        """The first attempt as plain calls, when ``can_start_now()`` (tracing off, no body).
+        """The first attempt as plain calls, only right after ``can_start_now()`` said True with
+        nothing in between that enters the cluster or takes a connection slot (``FastRoute.run``
+        peeks at the token and attaches it; neither touches the cluster). Tracing off, no body.
 
-        Raises what ``__call__`` would raise before anything is sent (``ClusterOverflow``,
-        ``CircuitOpen``). Otherwise ``done(response, None)`` or ``done(None, error)`` is called
-        once, from the connection's callbacks, or after a retry that runs as ``_attempts`` in a task.
+        Raises what ``__call__`` would raise before anything is sent (an ``UpstreamProtocolError``
+        for a header we must not send, ``CircuitOpen``). Otherwise ``done(response, None)`` or
+        ``done(None, error)`` is called once, from the connection's callbacks, or after a retry that
+        runs as ``_attempts`` in a task.
         """
         # ``__call__``'s steps (``_request``, ``Cluster.enter``, ``_open_attempt``), inlined: this runs
         # for every request on the callback path, and each hop is a Python call
         upstream = UpstreamRequest(ex.method, self._target(ex), wire_headers(ex.upstream_headers), ex.body or b"")
         cluster = self.cluster
         limits = cluster.limits
-        limits.enter()
+        # ``enter()`` and ``try_acquire()`` without their checks: can_start_now() just made them
+        # (the connection itself is still checked by the pool: an idle one may have gone stale)
+        limits.take_now()
         try:
             cluster.budget.on_request()
             ex.attempts += 1
             breaker = cluster.breaker
             ex.breaker_state = breaker.state
-            if not limits.try_acquire():  # cannot happen right after can_start_now(); never wait here
-                raise limits.overflow("max_pending_requests")
             started = time.perf_counter()
             try:
                 trial = breaker.admit()
