@@ -15,8 +15,9 @@ The same request takes a coroutine wherever it has to wait:
   - a retry runs the forwarder's ``_attempts`` in a task;
   - a rejected token runs ``InjectCredentials.recover`` in a task, over the rest of the chain.
 
-Either way the outcome comes back through one ``Done`` callback. Behaviour, metrics and logs are
-the chain's: these are the same filter objects, called in the same order.
+Either way the outcome comes back through the request's ``FastCall``, its one ``Done`` callback.
+Behaviour, metrics and logs are the chain's: these are the same filter objects, called in the same
+order.
 
 A route qualifies (``FastRoute.of``) when its filters are, in this order, some of ``validate``,
 ``credentials``, ``error_rewrite`` and ``verify`` (``body`` and ``sign`` read a body or use the
@@ -37,7 +38,7 @@ from proxy.filters.error_rewrite import RewriteErrors
 from proxy.filters.validate import ValidateRequest
 from proxy.filters.verify import VerifyAnswer
 from proxy.oauth.token import Token
-from proxy.types import Done, Filter, Next, report_to
+from proxy.types import CompiledRoute, FastEnd, Filter, Next, Observer, ReplyTo, report_to
 from proxy.upstream.forwarder import BODY_METHODS, Forwarder
 
 _ORDER: tuple[type, ...] = (ValidateRequest, InjectCredentials, RewriteErrors, VerifyAnswer)
@@ -86,12 +87,12 @@ class FastRoute:
             verify=found.get(VerifyAnswer),  # type: ignore[arg-type]
         )
 
-    def run(self, ex: Exchange, finish: Done) -> bool:
+    def run(self, ex: Exchange, end: FastEnd, route: CompiledRoute, observers: tuple[Observer, ...], done: ReplyTo) -> bool:
         """Start the request, or say False having done nothing: the coroutine path takes it.
 
         A ``ProxyError`` raised here is the request's answer (validation, ``ClusterOverflow``,
-        ``CircuitOpen``), raised before anything reached the partner; otherwise ``finish`` is called
-        exactly once, later.
+        ``CircuitOpen``), raised before anything reached the partner; otherwise
+        ``end.finish_fast`` is called exactly once, later, through the request's ``FastCall``.
         """
         if self.validate is not None:
             self.validate.check(ex)
@@ -106,28 +107,59 @@ class FastRoute:
             if token is None:
                 return False
             credentials.attach(ex, token)
-        self.forwarder.start(ex, partial(self._answered, ex, token, finish))
+        self.forwarder.start(ex, FastCall(self, ex, token, end, route, observers, done))
         return True
 
-    def _answered(self, ex: Exchange, token: Token | None, finish: Done, response: UpstreamResponse | None, error: BaseException | None) -> None:
-        if error is not None:
-            finish(None, error)
-            return
-        assert response is not None
-        try:
-            if self.verify is not None:  # innermost: a 200 without a valid signature never reaches the app
-                self.verify.check(ex, response)
-            if self.rewrite is not None:
-                self.rewrite.record(ex, response)
-            credentials = self.credentials
-            if credentials is not None and token is not None:
-                verdict = credentials.rejected(response)
-                if verdict is not None:
-                    recovery = credentials.recover(ex, token, verdict, response, self._inner)
-                    task = asyncio.get_running_loop().create_task(recovery)
-                    task.add_done_callback(partial(report_to, finish))
-                    return
-        except BaseException as exc:  # handed on like a chain's exception: the listener renders it
-            finish(None, exc)
-            return
-        finish(response, None)
+
+class FastCall:
+    """One request on the callback path, from the listener's hand-off to its reply.
+
+    Why an object: what the answer needs (the route's filters and the token the request carried;
+    the listener's route, observers and reply callback) used to be bound into two partials per
+    request, one by ``Listener.handle`` and one by ``FastRoute.run``, and the answer went through
+    both. This is built once per request, is the forwarder's ``Done``, and runs the route's answer
+    filters (``VerifyAnswer.check``, ``RewriteErrors.record``, ``InjectCredentials.rejected``)
+    before handing the outcome to the listener's ``finish_fast``: in the chain's order, as before.
+    """
+
+    __slots__ = ("fast", "ex", "token", "end", "route", "observers", "done")
+
+    def __init__(
+        self, fast: FastRoute, ex: Exchange, token: Token | None,
+        end: FastEnd, route: CompiledRoute, observers: tuple[Observer, ...], done: ReplyTo,
+    ) -> None:
+        self.fast = fast
+        self.ex = ex
+        self.token = token  # the token attached, when the route has credentials
+        self.end = end
+        self.route = route
+        self.observers = observers  # the request's runtime's, taken when it started
+        self.done = done  # the server's reply callback
+
+    def __call__(self, response: UpstreamResponse | None, error: BaseException | None) -> None:
+        """The forwarder's outcome: through the route's answer filters, then the listener's reply."""
+        if error is None:
+            assert response is not None
+            fast = self.fast
+            ex = self.ex
+            try:
+                if fast.verify is not None:  # innermost: a 200 without a valid signature never reaches the app
+                    fast.verify.check(ex, response)
+                if fast.rewrite is not None:
+                    fast.rewrite.record(ex, response)
+                credentials = fast.credentials
+                token = self.token
+                if credentials is not None and token is not None:
+                    verdict = credentials.rejected(response)
+                    if verdict is not None:
+                        recovery = credentials.recover(ex, token, verdict, response, fast._inner)
+                        task = asyncio.get_running_loop().create_task(recovery)
+                        task.add_done_callback(partial(report_to, self.reply))
+                        return
+            except BaseException as exc:  # handed on like a chain's exception: the listener renders it
+                response, error = None, exc
+        self.end.finish_fast(self, response, error)
+
+    def reply(self, response: UpstreamResponse | None, error: BaseException | None) -> None:
+        """The outcome as it is (after the filters, or a token renewal's): the listener renders it."""
+        self.end.finish_fast(self, response, error)

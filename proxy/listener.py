@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from multidict import CIMultiDict
@@ -27,7 +28,7 @@ from proxy.headers import HttpDate, downstream_headers, upstream_headers
 from proxy.otel import Tracing
 from proxy.reply import Reply, error_reply
 from proxy.runtime import Runtime
-from proxy.types import CompiledRoute
+from proxy.types import CompiledRoute, FastState, Observer, ReplyTo
 from proxy.tracing import child_traceparent, forwarded_tracestate, request_id_from
 
 log = logging.getLogger("proxy.listener")
@@ -104,12 +105,12 @@ class Listener:
             if not self.inflight:  # as _enter()
                 self._idle.clear()
             self.inflight += 1
-            finish = partial(self._finish_fast, runtime, route, ex, done)
+            observers = runtime.observers
             try:
-                taken = fast.run(ex, finish)
+                taken = fast.run(ex, self, route, observers, done)
             except BaseException as exc:  # raised before anything was sent: the request's answer
                 self.callback_requests += 1
-                finish(None, exc)
+                self.finish_fast(_Refused(ex, route, observers, done), None, exc)
                 return
             if taken:
                 self.callback_requests += 1
@@ -192,30 +193,35 @@ class Listener:
             observer.on_finish(ex, route, reply.status, upstream)
         return reply
 
-    def _finish_fast(
-        self, runtime: Runtime, route: CompiledRoute, ex: Exchange, done: Callable[[Reply], None],
-        upstream: UpstreamResponse | None, error: BaseException | None,
-    ) -> None:
-        """The callback path's end: the same rendering and observers as ``_run`` (no span: tracing is off)."""
+    def finish_fast(self, call: FastState, upstream: UpstreamResponse | None, error: BaseException | None) -> None:
+        """The callback path's end (``proxy.fastpath.FastCall`` hands the outcome here once): the same rendering
+        and observers as ``_run`` (no span: tracing is off). ``_answer`` is inlined for a plain
+        answer, the usual case."""
         self.inflight -= 1  # as _leave()
         if not self.inflight:
             self._idle.set()
+        ex = call.ex
         try:
             if error is None:
                 assert upstream is not None
-                reply = self._answer(ex, upstream)
+                verdict = upstream.verdict
+                if verdict is not None and verdict.error is not None:
+                    reply = self._error(ex, verdict.error)
+                else:  # as _answer
+                    reply = Reply(upstream.status, downstream_headers(ex.request_id, upstream.content_type, upstream.headers), upstream.body)
             elif isinstance(error, ProxyError):
                 reply = self._error(ex, error)
             else:
                 if not isinstance(error, asyncio.CancelledError):
-                    log.error("unhandled error on route %s (request %s)", route.name, ex.request_id, exc_info=error)
+                    log.error("unhandled error on route %s (request %s)", call.route.name, ex.request_id, exc_info=error)
                 reply = self._error(ex, ProxyError("unhandled"))
-            for observer in runtime.observers:
+            route = call.route
+            for observer in call.observers:
                 observer.on_finish(ex, route, reply.status, upstream)
         except Exception:  # a bug in rendering or an observer: still one answer, never a silent drop
-            log.exception("unhandled error answering route %s (request %s)", route.name, ex.request_id)
+            log.exception("unhandled error answering route %s (request %s)", call.route.name, ex.request_id)
             reply = error_reply(ProxyError("unhandled"), ex.language, ex.request_id)
-        done(reply)
+        call.done(reply)
 
     def _answer(self, ex: Exchange, upstream: UpstreamResponse) -> Reply:
         verdict = upstream.verdict
@@ -229,6 +235,17 @@ class Listener:
         if isinstance(error, TokenUnavailable):
             ex.token_source = ex.token_source or "none"
         return error_reply(error, ex.language, ex.request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A callback-path request refused before anything was sent (``FastRoute.run`` raised): what
+    ``finish_fast`` needs to answer it (``FastState``), there being no ``FastCall`` yet."""
+
+    ex: Exchange
+    route: CompiledRoute
+    observers: tuple[Observer, ...]
+    done: ReplyTo
 
 
 def _reply_to(done: Callable[[Reply], None], ex: Exchange, task: asyncio.Task[Reply]) -> None:

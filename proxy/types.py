@@ -15,19 +15,45 @@ from typing import Protocol
 from aiohttp import web
 
 from proxy.exchange import Exchange, UpstreamResponse
+from proxy.reply import Reply
 from proxy.tracing import LanguagePicker
 
 Next = Callable[[Exchange], Awaitable[UpstreamResponse]]
 # How the callback path (``proxy.fastpath``) hands on an outcome: the answer, or what was raised.
 Done = Callable[[UpstreamResponse | None, BaseException | None], None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# How a listener's server takes the answer to one request (called once).
+ReplyTo = Callable[[Reply], None]
 
 
 class FastPath(Protocol):
     """A route's callback path (``proxy.fastpath.FastRoute``): start the request as plain calls and
-    return True (``finish`` is called once, later), or return False having done nothing."""
+    return True (``end.finish_fast`` is called once, later), or return False having done nothing."""
 
-    def run(self, ex: Exchange, finish: Done) -> bool: ...
+    def run(self, ex: Exchange, end: FastEnd, route: CompiledRoute, observers: tuple[Observer, ...], done: ReplyTo) -> bool: ...
+
+
+class FastState(Protocol):
+    """What a callback-path request carries to its end (``proxy.fastpath.FastCall``)."""
+
+    @property
+    def ex(self) -> Exchange: ...
+
+    @property
+    def route(self) -> CompiledRoute: ...
+
+    @property
+    def observers(self) -> tuple[Observer, ...]: ...
+
+    @property
+    def done(self) -> ReplyTo: ...
+
+
+class FastEnd(Protocol):
+    """Where a callback-path request ends (``proxy.listener.Listener.finish_fast``): rendered,
+    observed, answered through ``call.done``."""
+
+    def finish_fast(self, call: FastState, upstream: UpstreamResponse | None, error: BaseException | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -10,12 +11,13 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config.models import BreakerConfig, ClusterConfig, RetryConfig
-from proxy.errors import ClusterOverflow, OutcomeUnknown, UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
-from proxy.exchange import Exchange
+from proxy.errors import CircuitOpen, ClusterOverflow, OutcomeUnknown, UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from proxy.exchange import Exchange, UpstreamResponse
 from proxy.metrics import Metrics
 from proxy.upstream.breaker import BreakerGuard
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.forwarder import Forwarder
+from proxy.upstream.http11 import _Connection
 from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, wire_error
 from tests.factories import texchange
 
@@ -128,3 +130,61 @@ async def test_max_requests_refuses_at_once() -> None:
     with pytest.raises(ClusterOverflow) as info:
         await fwd(exchange())
     assert info.value.threshold == "max_requests" and info.value.headers["Retry-After"] == "1"
+
+
+class _Wire(asyncio.Transport):
+    """A partner connection's transport that drops what is written (the test feeds the answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def pooled(cluster: Cluster) -> _Connection:
+    """One idle connection in the cluster's http11 pool, as a first request would leave it."""
+    pool = cluster.pool
+    assert pool is not None
+    _, cork = pool._loop_and_cork()
+    conn = _Connection(cluster.config.max_response_bytes, cork)
+    conn.connection_made(_Wire())
+    pool._idle.append(conn)
+    return conn
+
+
+async def test_the_callback_path_takes_one_request_and_one_slot_and_frees_both() -> None:
+    """``Forwarder.start`` counts the request in and takes its connection slot without checking
+    again (``can_start_now`` just did): both must be taken once and given back once, whether the
+    partner answers or the breaker refuses the attempt."""
+    fwd, cluster = forwarder(FakeTransport(ok()), max_requests=1, max_connections=1)
+    limits = cluster.limits
+    conn = pooled(cluster)
+    outcomes: list[tuple[UpstreamResponse | None, BaseException | None]] = []
+    assert fwd.can_start_now()
+    fwd.start(exchange(), lambda response, error: outcomes.append((response, error)))
+    assert (limits.requests, limits.active) == (1, 1)
+    assert not fwd.can_start_now(), "the one request and the one slot are taken"
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+    assert len(outcomes) == 1 and outcomes[0][0] is not None and outcomes[0][0].status == 200
+    assert (limits.requests, limits.active) == (0, 0)
+
+    def refuse() -> bool:
+        raise CircuitOpen("p", 1.0)
+
+    cluster.breaker.admit = refuse  # type: ignore[method-assign]
+    assert fwd.can_start_now()
+    with pytest.raises(CircuitOpen):
+        fwd.start(exchange(), lambda response, error: outcomes.append((response, error)))
+    assert (limits.requests, limits.active) == (0, 0) and len(outcomes) == 1
+    assert fwd.can_start_now(), "the refused attempt gave its slot back"

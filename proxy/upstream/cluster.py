@@ -101,6 +101,13 @@ class ConnectionLimits:
         """A request could enter and take a connection slot at once (nothing changed, nothing waits)."""
         return self.requests < self.max_requests and self.active < self.max_connections and not self._waiters
 
+    def take_now(self) -> None:
+        """Enter and take a connection slot without checking again, right after ``can_take_now()``
+        said True with nothing run in between that could enter or take one (``Forwarder.start``):
+        one call instead of ``enter()`` and ``try_acquire()``, which would only repeat its checks."""
+        self.requests += 1
+        self.active += 1
+
     def try_acquire(self) -> bool:
         """Take a connection slot if one is free and nobody is queued ahead."""
         if self.active < self.max_connections and not self._waiters:

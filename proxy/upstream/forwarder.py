@@ -117,25 +117,28 @@ class Forwarder:
         return pool is not None and self.cluster.limits.can_take_now() and pool.has_idle()
 
     def start(self, ex: Exchange, done: Done) -> None:
-        """The first attempt as plain calls, when ``can_start_now()`` (tracing off, no body).
+        """The first attempt as plain calls, only right after ``can_start_now()`` said True with
+        nothing in between that enters the cluster or takes a connection slot (``FastRoute.run``
+        peeks at the token and attaches it; neither touches the cluster). Tracing off, no body.
 
-        Raises what ``__call__`` would raise before anything is sent (``ClusterOverflow``,
-        ``CircuitOpen``). Otherwise ``done(response, None)`` or ``done(None, error)`` is called
-        once, from the connection's callbacks, or after a retry that runs as ``_attempts`` in a task.
+        Raises what ``__call__`` would raise before anything is sent (an ``UpstreamProtocolError``
+        for a header we must not send, ``CircuitOpen``). Otherwise ``done(response, None)`` or
+        ``done(None, error)`` is called once, from the connection's callbacks, or after a retry that
+        runs as ``_attempts`` in a task.
         """
         # ``__call__``'s steps (``_request``, ``Cluster.enter``, ``_open_attempt``), inlined: this runs
         # for every request on the callback path, and each hop is a Python call
         upstream = UpstreamRequest(ex.method, self._target(ex), wire_headers(ex.upstream_headers), ex.body or b"")
         cluster = self.cluster
         limits = cluster.limits
-        limits.enter()
+        # ``enter()`` and ``try_acquire()`` without their checks: can_start_now() just made them
+        # (the connection itself is still checked by the pool: an idle one may have gone stale)
+        limits.take_now()
         try:
             cluster.budget.on_request()
             ex.attempts += 1
             breaker = cluster.breaker
             ex.breaker_state = breaker.state
-            if not limits.try_acquire():  # cannot happen right after can_start_now(); never wait here
-                raise limits.overflow("max_pending_requests")
             started = time.perf_counter()
             try:
                 trial = breaker.admit()
@@ -157,29 +160,38 @@ class Forwarder:
         answer: UpstreamAnswer | None, exc: BaseException | None,
     ) -> None:
         if exc is None and answer is not None and answer.status < 500:
-            # The usual case, ``_settle``'s answer branch inlined: a status below 500 is never
-            # retried (``_retry_reason``), so the request ends here.
+            # The usual case: a status below 500 is never retried (``_retry_reason``), so the request
+            # ends here. ``_settle``'s answer branch, with ``_checked``, ``_status_label`` and
+            # ``_close_attempt`` inlined: each was one more Python call per request.
+            cluster = self.cluster
+            status = answer.status
             status_label = "error"
-            breaker = self.cluster.breaker
             try:
                 try:
                     try:
-                        checked = _checked(answer, upstream.method, self.pass_back)
-                    except UpstreamError as violation:
-                        breaker.record(trial, violation.kind)
-                        raise
-                    status_label = self._status_label(answer.status)
-                    breaker.record(trial, None)
-                finally:
-                    self._close_attempt(status_label, started)
+                        content_type, passed = answer_headers(answer.headers, self.pass_back)
+                    except BadHeaderValue as bad:  # as _checked
+                        violation = wire_error(Phase.ANSWERING, Event.VIOLATION, upstream.method, str(bad))
+                        cluster.breaker.record(trial, violation.kind)
+                        raise violation from bad
+                    checked = UpstreamResponse(status, content_type, answer.body, None, passed)
+                    label = self._status_label_cache.get(status)
+                    status_label = label if label is not None else self._status_label(status)
+                    cluster.breaker.record(trial, None)
+                finally:  # as _close_attempt
+                    cluster.limits.release()
+                    hist = self._durations.get(status_label)
+                    if hist is None:
+                        hist = self._durations[status_label] = cluster.metrics.hot_histogram(cluster.metrics.upstream_duration, cluster.name, status_label)
+                    hist.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
             except UpstreamError as failed:
                 self._answer_failed(ex, upstream, done, failed)
                 return
             except BaseException as bug:  # raised as it is, like __call__ would: the listener answers 500
-                self.cluster.limits.leave()
+                cluster.limits.leave()
                 done(None, bug)
                 return
-            self.cluster.limits.leave()
+            cluster.limits.leave()
             done(checked, None)
             return
         response: UpstreamResponse | None = None
