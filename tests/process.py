@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -113,13 +114,35 @@ class Sidecar:
         return await self.wait()
 
     def kill(self) -> None:
+        """SIGKILL the sidecar and every process under it: a ``--workers`` supervisor killed alone
+        leaves its workers running, reparented to init, after a failed test."""
         if self.proc is not None and self.proc.poll() is None:
+            below = descendants(self.proc.pid)  # before the kill: orphans no longer point at it
             self.proc.kill()
             self.proc.wait()
+            for pid in below:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     async def metrics(self, session: aiohttp.ClientSession) -> str:
         async with session.get(self.admin + "/metrics") as r:
             return await r.text()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (Linux /proc), children first."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
 
 
 async def get_products(session: aiohttp.ClientSession, sidecar: Sidecar, query: str = "", **headers: str) -> tuple[int, dict[str, object] | None]:
