@@ -59,6 +59,7 @@ class Upstream(asyncio.Protocol):
         self.content_type = b""
         self.body: list[bytes] = []
         self.complete = False
+        self.keep_alive = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -85,12 +86,13 @@ class Upstream(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback: llhttp resets after it
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
         if self.complete and self.answer is not None:
             self.answer, answer = None, self.answer
-            if self.parser.should_keep_alive():
+            if self.keep_alive:
                 self.pool.idle.append(self)
             elif self.transport is not None:
                 self.transport.close()
