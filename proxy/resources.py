@@ -78,7 +78,7 @@ class Resources:
         self._providers: dict[str, tuple[ProviderKey, TokenProvider]] = {}
         self._stores: dict[TokenCacheConfig, RedisTokenStore | None] = {}
         self._token_session: aiohttp.ClientSession | None = None
-        self._retired: list[Cluster | TokenProvider] = []
+        self._retired: list[Cluster | TokenProvider | RedisTokenStore] = []
         self._closing: set[asyncio.Task[None]] = set()
         # Tracing: the OTEL_* variables are read once (they are the process's); a reload changes
         # only the tracing: block. Providers and breakers trace through the ref, which commit
@@ -148,12 +148,22 @@ class Resources:
         used = {id(c) for _, c in staged.clusters.values()} | {id(p) for _, p in staged.providers.values()}
         self._retired += [obj for obj in running if id(obj) not in used]
         self._clusters, self._providers = dict(staged.clusters), dict(staged.providers)
+        self._retired += self._drop_unused_stores()
         if staged.tracing is not None and staged.tracing is not self._tracing:
             old, self._tracing = self._tracing, staged.tracing
             self.tracing_ref.tracing = staged.tracing
             if old is not None:
                 self._close_tracing_in_background(old)
         self.retire_in_background()
+
+    def _drop_unused_stores(self) -> list[RedisTokenStore]:
+        """Stores no running provider uses any more (a reload changed ``token_cache``, or a build
+        that was discarded made one): closed with the retired providers, after their grace, since
+        a request that started on the old runtime may still renew a token through them. Kept
+        open, each would hold its Redis connections and its TLS file watch until shutdown."""
+        wanted = {cache for (_, cache), _ in self._providers.values()}
+        unused = [config for config in self._stores if config not in wanted]
+        return [store for store in (self._stores.pop(config) for config in unused) if store is not None]
 
     @property
     def running_tracing(self) -> Tracing | None:
@@ -193,7 +203,7 @@ class Resources:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _close_later(self, items: list[Cluster | TokenProvider], grace: float) -> None:
+    async def _close_later(self, items: list[Cluster | TokenProvider | RedisTokenStore], grace: float) -> None:
         try:
             await asyncio.sleep(grace)
         finally:  # also on shutdown (cancelled): nothing is left open

@@ -9,6 +9,7 @@ import pytest
 
 from proxy.config import LoadedConfig
 from proxy.metrics import Metrics
+from proxy.oauth.store import RedisTokenStore
 from proxy.resources import Resources, Staged
 from proxy.runtime import Runtime, compile_runtime
 from proxy.upstream.cluster import Cluster
@@ -59,3 +60,32 @@ async def test_a_build_that_is_discarded_leaves_the_running_objects_alone(tmp_pa
     assert again.clusters["tokopedia"] is running.clusters["tokopedia"]  # still the running one
     assert not closed(running.clusters["tokopedia"])
     await resources.close()
+
+
+async def test_a_store_no_provider_uses_after_a_reload_is_closed_after_the_grace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload that changes token_cache makes a new store; the old one (its Redis connections, its
+    TLS file watch) is closed once requests that started before the reload are past, not kept
+    until shutdown. Nothing connects here: building a store does no I/O."""
+    monkeypatch.setattr("proxy.resources.RETIRE_MARGIN", 0.1)
+    closes: list[str] = []
+    real_close = RedisTokenStore.close
+
+    async def close(self: RedisTokenStore) -> None:  # the real close, seen from outside
+        closes.append(self._prefix)
+        await real_close(self)
+
+    monkeypatch.setattr(RedisTokenStore, "close", close)
+    resources = Resources(Metrics())
+    other = patched_routes(tmp_path, {"token_cache: {redis_url: \"${REDIS_URL:-}\"}": "token_cache: {redis_url: \"${REDIS_URL:-}\", key_prefix: \"other:\"}"})
+    first = build(resources, shipped_config("http://127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"))
+    again = build(resources, shipped_config("http://127.0.0.1:1", redis_url="redis://127.0.0.1:1/0"))
+    assert again.providers["tokopedia"] is first.providers["tokopedia"]  # unchanged: same provider, same store
+    build(resources, shipped_config("http://127.0.0.1:1", redis_url="redis://127.0.0.1:1/0", routes=other))
+    assert closes == []  # a request that started on the old runtime may still renew through it
+    for _ in range(100):
+        if closes:
+            break
+        await asyncio.sleep(0.02)
+    assert closes == ["partner-proxy:token:"]  # the old store, once; the new one is running
+    await resources.close()
+    assert closes == ["partner-proxy:token:", "other:"]
