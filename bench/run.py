@@ -1154,9 +1154,11 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; stopping everything it started", file=sys.stderr)
         return 130
     finally:
-        # Everything it started, by PID, never by name; then the temp dir.
-        with contextlib.suppress(KeyboardInterrupt):
-            bench.stop()
+        # Everything it started, by PID, never by name; then the temp dir. A second Ctrl-C or
+        # SIGTERM must not cut this short and leave servers behind (each stop is bounded: SIGKILL).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bench.stop()
     elapsed = time.monotonic() - t0
     report = render(bench, summary, command, elapsed)
     RESULTS.mkdir(parents=True, exist_ok=True)
