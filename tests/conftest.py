@@ -1,13 +1,27 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from tests.process import Sidecar
 from tests.receivers import Receiver, start_receiver
 from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sidecars_cleaned_up() -> Iterator[None]:
+    """No test session leaves a sidecar process (or a --workers worker) or its log directory
+    behind, even when a test failed before its own clean-up. Session-scoped: module fixtures keep
+    sidecars running across their tests."""
+    yield
+    made, Sidecar.made[:] = list(Sidecar.made), []
+    for sidecar in made:
+        sidecar.kill()
+        shutil.rmtree(sidecar.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

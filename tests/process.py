@@ -18,6 +18,11 @@ from tests.redis_server import free_port
 
 
 class Sidecar:
+    # Every Sidecar made in this test session, for the autouse fixture in conftest.py: killed
+    # (with its workers) and its log directory removed at the end, whether or not the test that
+    # made it cleaned up itself.
+    made: list[Sidecar] = []
+
     def __init__(self, sandbox_url: str, redis_url: str = "", *, routes: Path = ROUTES, errors: Path = ERRORS, args: tuple[str, ...] = (), **env: str) -> None:
         self.port = free_port()
         self.admin_port = free_port()
@@ -34,6 +39,7 @@ class Sidecar:
         self.stdout_path = self.dir / "stdout.log"
         self.stderr_path = self.dir / "stderr.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        Sidecar.made.append(self)
 
     @property
     def url(self) -> str:
