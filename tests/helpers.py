@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ if TEST_CLIENT:
     assert _n == 1, "routes.yaml has no '    # client: http11' line to switch"
     ROUTES = Path(tempfile.mkdtemp(prefix="partner-proxy-client-")) / "routes.yaml"
     ROUTES.write_text(_text)
+    atexit.register(shutil.rmtree, ROUTES.parent, True)  # the switched copy goes with the session
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
 JSON_HEADERS = {"Content-Type": "application/json", "X-Client-Id": "app-1"}
 
