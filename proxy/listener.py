@@ -102,9 +102,7 @@ class Listener:
         ex = self._exchange(runtime, downstream, route, params, started)
         fast = route.fast
         if fast is not None and ex.span is None:
-            if not self.inflight:  # as _enter()
-                self._idle.clear()
-            self.inflight += 1
+            self._enter()
             observers = runtime.observers
             try:
                 taken = fast.run(ex, self, route, observers, done)
@@ -195,20 +193,13 @@ class Listener:
 
     def finish_fast(self, call: FastState, upstream: UpstreamResponse | None, error: BaseException | None) -> None:
         """The callback path's end (``proxy.fastpath.FastCall`` hands the outcome here once): the same rendering
-        and observers as ``_run`` (no span: tracing is off). ``_answer`` is inlined for a plain
-        answer, the usual case."""
-        self.inflight -= 1  # as _leave()
-        if not self.inflight:
-            self._idle.set()
+        and observers as ``_run`` (no span: tracing is off)."""
+        self._leave()
         ex = call.ex
         try:
             if error is None:
                 assert upstream is not None
-                verdict = upstream.verdict
-                if verdict is not None and verdict.error is not None:
-                    reply = self._error(ex, verdict.error)
-                else:  # as _answer
-                    reply = Reply(upstream.status, downstream_headers(ex.request_id, upstream.content_type, upstream.headers), upstream.body)
+                reply = self._answer(ex, upstream)
             elif isinstance(error, ProxyError):
                 reply = self._error(ex, error)
             else:

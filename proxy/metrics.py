@@ -102,24 +102,22 @@ class HotHistogram:
     order), not one rounded differently by batching.
     """
 
-    __slots__ = ("counts", "sum", "bounds", "_flushed_counts", "_flushed_sum", "_child", "_lock")
+    __slots__ = ("counts", "sum", "_bounds", "_flushed_counts", "_flushed_sum", "_child", "_lock")
 
     def __init__(self, child: Any) -> None:
         # prometheus-client has no public API to add bucket counts: ``_upper_bounds`` (ends with
         # +Inf), ``_buckets`` (one value per bound, not cumulative) and ``_sum`` are its internals,
         # unchanged since 0.1; tests/test_hot_metrics.py compares the exposition with its own.
-        # ``bounds`` and ``counts`` are public and never replaced (only ``counts``' items change):
-        # the hottest caller (``proxy.request_metrics``) holds both lists and updates them inline.
-        self.bounds: list[float] = list(child._upper_bounds)
-        self.counts: list[int] = [0] * len(self.bounds)
+        self._bounds: list[float] = list(child._upper_bounds)
+        self.counts: list[int] = [0] * len(self._bounds)
         self.sum = 0.0
-        self._flushed_counts = [0] * len(self.bounds)
+        self._flushed_counts = [0] * len(self._bounds)
         self._flushed_sum = 0.0
         self._child = child
         self._lock = threading.Lock()
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        self.counts[bisect_left(self._bounds, value)] += 1
         self.sum += value
 
     def flush(self) -> None:

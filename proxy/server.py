@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 from collections.abc import Callable
 
@@ -15,6 +14,7 @@ from aiohttp import web
 from proxy.admin import build_admin_app
 from proxy.app import LISTENER, build_data_app, build_state, data_server
 from proxy.config import LoadedConfig
+from proxy.filestate import FileFingerprint, fingerprint
 from proxy.h1.server import H1Server
 from proxy.listener import Listener
 from proxy.state import ProxyState
@@ -38,21 +38,11 @@ def tune_gc() -> None:
     gc.set_threshold(max(gen0, 10_000), gen1, gen2)
 
 
-def _fingerprint(path: str) -> tuple[float, int, str] | None:
-    """mtime, size and real path: a Kubernetes ConfigMap update swaps a symlink, not the file."""
-    try:
-        real = os.path.realpath(path)
-        st = os.stat(real)
-    except OSError:
-        return None
-    return (st.st_mtime, st.st_size, real)
-
-
-Fingerprint = tuple[tuple[float, int, str] | None, tuple[float, int, str] | None]
+Fingerprint = tuple[FileFingerprint, FileFingerprint]
 
 
 def fingerprints(routes_path: str, errors_path: str) -> Fingerprint:
-    return (_fingerprint(routes_path), _fingerprint(errors_path))
+    return (fingerprint(routes_path), fingerprint(errors_path))
 
 
 async def watch_files(state: ProxyState, routes_path: str, errors_path: str, stop: asyncio.Event, initial: Fingerprint | None = None) -> None:

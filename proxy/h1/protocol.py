@@ -201,9 +201,8 @@ class H1Protocol(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._in_head = True
-        if self._deadline_kind != _HEAD:  # as _set_deadline (inlined: three deadlines per request)
-            self._deadline_kind = _HEAD
-            self.deadline = self._ticker.now + self._limits.header_timeout
+        if self._deadline_kind != _HEAD:
+            self._set_deadline(_HEAD, self._limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -269,9 +268,8 @@ class H1Protocol(asyncio.Protocol):
             self._stop_parsing()
             self._close()
             return
-        if self._deadline_kind == _HEAD or self._deadline_kind == _BODY:
-            self._deadline_kind = _NONE
-            self.deadline = 0.0
+        if self._deadline_kind in (_HEAD, _BODY):
+            self._set_deadline(_NONE, 0.0)
 
     # -- answering ----------------------------------------------------------------------------------
 
@@ -333,12 +331,10 @@ class H1Protocol(asyncio.Protocol):
             log.error("reply header with CR or LF refused (request %s)", reply.headers.get("X-Request-Id"))
             data = encode_reply(error_reply(ProxyError("unsafe reply header"), "en", request_id_from(None)), self._ticker.date, True, False)
             close = True
-        if self.transport is not None:  # as _write (not closed: checked above)
-            self._cork.write(self.transport, data)
+        self._write(data)
         if not close:
             if not self._queue and self._receiving is None and not self._in_head:
-                self._deadline_kind = _IDLE  # as _set_deadline
-                self.deadline = self._ticker.now + self._limits.keepalive_timeout
+                self._set_deadline(_IDLE, self._limits.keepalive_timeout)
             return
         self._queue.clear()
         if body_left and not self._stopped:

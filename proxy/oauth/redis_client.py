@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 from collections.abc import Callable
 from typing import Any, Final
@@ -57,6 +56,7 @@ from redis.backoff import NoBackoff
 
 from proxy.config.models import TokenCacheConfig
 from proxy.config.redis_url import RedisTarget
+from proxy.filestate import FileFingerprint, fingerprint
 
 # Token lookups are short and mostly served from process memory; a handful of connections covers
 # the lookups, the lock and the pollers. When all are busy a caller waits at most the connect
@@ -218,19 +218,6 @@ def _share_context_in_cluster(cluster: RedisCluster, tls: TlsFiles) -> None:
 
 # --- TLS files replaced on disk -------------------------------------------------------------------
 
-FileFingerprint = tuple[int, int, int, str] | None  # mtime (ns), size, inode, real path; None: unreadable
-
-
-def _fingerprint(path: str) -> FileFingerprint:
-    """What changes when a file is rewritten or, in a Kubernetes Secret volume, swapped by symlink."""
-    try:
-        real = os.path.realpath(path)
-        st = os.stat(real)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, real)
-
-
 class TlsFiles:
     """The TLS files of one client, the context built from them, and the connection classes that
     hand it to every new connection.
@@ -256,7 +243,7 @@ class TlsFiles:
         """Read the files and build the context, in the calling thread. The fingerprints are taken
         first: a change made while the context is built is seen by the next check."""
         files = [getattr(target, key) for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if getattr(target, key)]
-        seen = tuple(_fingerprint(f) for f in files)
+        seen = tuple(fingerprint(f) for f in files)
         return cls(target, tls_context(target), seen)
 
     def connection_class(self, base: type[SSLConnection]) -> type[SSLConnection]:
@@ -266,7 +253,7 @@ class TlsFiles:
 
     def fingerprints(self) -> tuple[FileFingerprint, ...]:
         """Blocking (a stat per file): call in a thread."""
-        return tuple(_fingerprint(path) for path in self.files.values())
+        return tuple(fingerprint(path) for path in self.files.values())
 
     async def check(self) -> str:
         """One poll: ``unchanged``; ``reloaded`` (new connections use the new context); ``failed``

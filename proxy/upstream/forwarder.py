@@ -126,9 +126,7 @@ class Forwarder:
         ``done(None, error)`` is called once, from the connection's callbacks, or after a retry that
         runs as ``_attempts`` in a task.
         """
-        # ``__call__``'s steps (``_request``, ``Cluster.enter``, ``_open_attempt``), inlined: this runs
-        # for every request on the callback path, and each hop is a Python call
-        upstream = UpstreamRequest(ex.method, self._target(ex), wire_headers(ex.upstream_headers), ex.body or b"")
+        upstream = self._request(ex)
         cluster = self.cluster
         limits = cluster.limits
         # ``enter()`` and ``try_acquire()`` without their checks: can_start_now() just made them
@@ -137,14 +135,8 @@ class Forwarder:
         try:
             cluster.budget.on_request()
             ex.attempts += 1
-            breaker = cluster.breaker
-            ex.breaker_state = breaker.state
-            started = time.perf_counter()
-            try:
-                trial = breaker.admit()
-            except BaseException:
-                self._close_attempt("error", started)
-                raise
+            ex.breaker_state = cluster.breaker.state
+            trial, started = self._open_attempt()
             pool = cluster.pool
             assert pool is not None
             on_answer = partial(self._answered, ex, upstream, trial, started, done)
@@ -159,56 +151,16 @@ class Forwarder:
         done: Done,
         answer: UpstreamAnswer | None, exc: BaseException | None,
     ) -> None:
-        if exc is None and answer is not None and answer.status < 500:
-            # The usual case: a status below 500 is never retried (``_retry_reason``), so the request
-            # ends here. ``_settle``'s answer branch, with ``_checked``, ``_status_label`` and
-            # ``_close_attempt`` inlined: each was one more Python call per request.
-            cluster = self.cluster
-            status = answer.status
-            status_label = "error"
-            try:
-                try:
-                    try:
-                        content_type, passed = answer_headers(answer.headers, self.pass_back)
-                    except BadHeaderValue as bad:  # as _checked
-                        violation = wire_error(Phase.ANSWERING, Event.VIOLATION, upstream.method, str(bad))
-                        cluster.breaker.record(trial, violation.kind)
-                        raise violation from bad
-                    checked = UpstreamResponse(status, content_type, answer.body, None, passed)
-                    label = self._status_label_cache.get(status)
-                    status_label = label if label is not None else self._status_label(status)
-                    cluster.breaker.record(trial, None)
-                finally:  # as _close_attempt
-                    cluster.limits.release()
-                    hist = self._durations.get(status_label)
-                    if hist is None:
-                        hist = self._durations[status_label] = cluster.metrics.hot_histogram(cluster.metrics.upstream_duration, cluster.name, status_label)
-                    hist.observe(time.perf_counter() - started)  # type: ignore[attr-defined]
-            except UpstreamError as failed:
-                self._answer_failed(ex, upstream, done, failed)
-                return
-            except BaseException as bug:  # raised as it is, like __call__ would: the listener answers 500
-                cluster.limits.leave()
-                done(None, bug)
-                return
-            cluster.limits.leave()
-            done(checked, None)
-            return
-        response: UpstreamResponse | None = None
-        error: UpstreamError | None = None
         try:
             response = self._settle(upstream.method, trial, started, answer, exc)
         except UpstreamError as failed:
-            error = failed
+            self._answer_failed(ex, upstream, done, failed)
+            return
         except BaseException as bug:  # raised as it is, like __call__ would: the listener answers 500
             self.cluster.leave()
             done(None, bug)
             return
-        if error is not None:
-            self._answer_failed(ex, upstream, done, error)
-            return
-        reason = self._retry_reason(ex, 1, None, response)
-        if reason is None:
+        if self._retry_reason(ex, 1, None, response) is None:
             self.cluster.leave()
             done(response, None)
             return
