@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--other-cpu", default="1", help="upstream nginx, Redis and wrk")
     args = parser.parse_args(argv)
 
-    def on_term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM: the same clean-up as Ctrl-C
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    B.interrupt_on_signals()
     tmp = Path(tempfile.mkdtemp(prefix="pp-ab-"))
     tmp.chmod(0o755)  # nginx workers run as nobody
     procs = B.Processes(pin=(os.cpu_count() or 1) >= 2)
@@ -168,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/ab.py: interrupted; stopping everything it started", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not leave servers behind
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        B.ignore_signals()
         procs.stop_all()
         for tree in worktrees:
             subprocess.run(["git", "-C", str(B.REPO), "worktree", "remove", "--force", str(tree)], capture_output=True, check=False)

@@ -1128,16 +1128,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM: the same clean-up as Ctrl-C
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so the harness's ``finally`` stops its servers
+    (SIGINT too when started with it ignored, as ``cmd &`` does)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def ignore_signals() -> None:
+    """While stopping what it started: a second Ctrl-C or SIGTERM must not cut that short and leave
+    servers behind (each stop is bounded, ending in SIGKILL)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python bench/run.py" + ("" if not (argv or sys.argv[1:]) else " " + shlex.join(argv if argv is not None else sys.argv[1:]))
     t0 = time.monotonic()
 
-    def on_term(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM: same clean-up as Ctrl-C
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    interrupt_on_signals()
     try:
         ensure_tools(not args.no_install)
     except BenchError as exc:
@@ -1154,10 +1168,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; stopping everything it started", file=sys.stderr)
         return 130
     finally:
-        # Everything it started, by PID, never by name; then the temp dir. A second Ctrl-C or
-        # SIGTERM must not cut this short and leave servers behind (each stop is bounded: SIGKILL).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Everything it started, by PID, never by name; then the temp dir.
+        ignore_signals()
         bench.stop()
     elapsed = time.monotonic() - t0
     report = render(bench, summary, command, elapsed)
