@@ -124,6 +124,32 @@ def answer_headers(headers: Iterable[tuple[str, str]], pass_back: frozenset[str]
     return content_type, tuple(passed)
 
 
+_BAD_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]").search  # _BAD_VALUE, and anything not ASCII
+
+
+def answer_lines(headers: Iterable[tuple[bytes, bytes]], pass_back: frozenset[bytes]) -> tuple[bytes, bytes] | None:
+    """``answer_headers`` on the parser's bytes (``proxy.lane``): the first Content-Type value and
+    the allow-listed headers as ready ``name: value`` lines. None where ``answer_headers`` would
+    refuse a value, and for a non-ASCII value (the ordinary path re-encodes it): the caller then
+    hands the answer to ``answer_headers``' path, which decides. ``tests/test_lane.py`` checks the
+    two agree."""
+    content_type = b""
+    lines = b""
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-type":
+            if content_type:  # as answer_headers: the first non-empty one
+                continue
+            if _BAD_BYTES(value) is not None:
+                return None
+            content_type = value
+        elif lname in pass_back:
+            if _BAD_BYTES(value) is not None or not name.isascii():
+                return None
+            lines += b"%s: %s\r\n" % (name, value)
+    return content_type, lines
+
+
 def downstream_headers(request_id: str, content_type: str, passed: tuple[tuple[str, str], ...] = ()) -> CIMultiDict[str]:
     """What a passed-through partner answer carries back: its content type, the allow-listed
     partner headers (already checked by ``answer_headers``) and our request id."""

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
@@ -29,6 +30,9 @@ from proxy.otel import Tracing
 from proxy.reply import Reply, error_reply
 from proxy.runtime import Runtime
 from proxy.types import CompiledRoute, FastState, Observer, ReplyTo
+
+if TYPE_CHECKING:
+    from proxy.lane import LaneRoute
 from proxy.tracing import child_traceparent, forwarded_tracestate, request_id_from
 
 log = logging.getLogger("proxy.listener")
@@ -42,6 +46,7 @@ class Listener:
         # requests answered as plain calls (proxy.fastpath), and in a task: for tests and tuning
         self.callback_requests = 0
         self.task_requests = 0
+        self.lane_requests = 0  # of the callback requests, those the lane (proxy.lane) sent on bytes
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -81,6 +86,10 @@ class Listener:
             observer.on_finish(ex, None, reply.status, None)
         return reply
 
+    def lane(self, target: bytes) -> LaneRoute | None:
+        """The current runtime's lane (``proxy.lane``) for a request target, if it has one."""
+        return self._runtime().lanes.get(target)
+
     def handle(self, downstream: Downstream, done: Callable[[Reply], None]) -> None:
         """Answer ``downstream`` through ``done`` (called once; maybe before this returns).
 
@@ -102,7 +111,7 @@ class Listener:
         ex = self._exchange(runtime, downstream, route, params, started)
         fast = route.fast
         if fast is not None and ex.span is None:
-            self._enter()
+            self.enter()
             observers = runtime.observers
             try:
                 taken = fast.run(ex, self, route, observers, done)
@@ -113,7 +122,7 @@ class Listener:
             if taken:
                 self.callback_requests += 1
                 return
-            self._leave()
+            self.leave()
         self.task_requests += 1
         task = asyncio.get_running_loop().create_task(self._run(runtime, route, ex))
         task.add_done_callback(partial(_reply_to, done, ex))
@@ -151,12 +160,13 @@ class Listener:
             observer.on_start(ex, route)
         return ex
 
-    def _enter(self) -> None:
+    def enter(self) -> None:
+        """A request is in flight (the drain waits for it)."""
         if not self.inflight:  # set only when inflight drops to 0, so otherwise already clear
             self._idle.clear()
         self.inflight += 1
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         self.inflight -= 1
         if not self.inflight:
             self._idle.set()
@@ -165,7 +175,7 @@ class Listener:
         span = ex.span
         upstream: UpstreamResponse | None = None
         reply: Reply | None = None
-        self._enter()
+        self.enter()
         active = Tracing.activate(span) if span is not None else None  # token fetches and breaker events find the span here
         try:
             upstream = await route.chain(ex)
@@ -177,7 +187,7 @@ class Listener:
         else:
             reply = self._answer(ex, upstream)
         finally:
-            self._leave()
+            self.leave()
             if span is not None:
                 Tracing.deactivate(active)
                 if reply is None:  # cancelled: the app went away
@@ -194,7 +204,7 @@ class Listener:
     def finish_fast(self, call: FastState, upstream: UpstreamResponse | None, error: BaseException | None) -> None:
         """The callback path's end (``proxy.fastpath.FastCall`` hands the outcome here once): the same rendering
         and observers as ``_run`` (no span: tracing is off)."""
-        self._leave()
+        self.leave()
         ex = call.ex
         try:
             if error is None:

@@ -30,13 +30,16 @@ class RequestMetrics:
         return None
 
     def on_finish(self, ex: Exchange, route: CompiledRoute | None, status: int, upstream: UpstreamResponse | None) -> None:
-        name = route.name if route is not None else UNMATCHED
+        self.record(route.name if route is not None else UNMATCHED, status, perf_counter() - ex.started)
+
+    def record(self, name: str, status: int, seconds: float) -> None:
+        """One answered request of route ``name`` (``proxy.lane`` calls it without an exchange)."""
         try:
             counter, hist = self._bound[name][status]
         except KeyError:  # the first request of this (route, status): bind once
             counter, hist = self._bound.setdefault(name, {})[status] = self._bind(name, status)
         counter.inc()
-        hist.observe(perf_counter() - ex.started)
+        hist.observe(seconds)
 
     def _bind(self, name: str, status: int) -> _Bound:
         m = self._metrics

@@ -10,7 +10,7 @@ from ``Resources``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from yarl import URL
 
@@ -22,6 +22,7 @@ from proxy.config import LoadedConfig
 from proxy.config.models import ListenerConfig, NotificationsConfig
 from proxy.config.templates import parse_template
 from proxy.fastpath import FastRoute
+from proxy.lane import LaneRoute, compile_lanes
 from proxy.filters import FilterContext, build_filters
 from proxy.oauth import TokenProvider
 from proxy.otel import Tracing
@@ -47,6 +48,7 @@ class Runtime:
     drain_timeout: float
     limits: ListenerConfig                  # the h1 listener's (``H1Limits``): read once per new connection
     tracing: Tracing                        # a long-lived resource, replaced only when its settings change
+    lanes: Mapping[bytes, LaneRoute] = field(default_factory=dict)  # exact targets done on bytes (proxy.lane)
 
 
 def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) -> Runtime:
@@ -120,5 +122,6 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
         drain_timeout=cfg.drain_timeout,
         limits=cfg.listener,
         tracing=tracing,
+        lanes=compile_lanes(routes, observers, resources.request_metrics, access, tracing.enabled),
     )
     return runtime

@@ -250,7 +250,7 @@ def test_strict_framing_headers_any_case_and_their_limits() -> None:
     assert not until_close.framed and not until_close.done and until_close.eof() and until_close.body_bytes() == b"ab"
     # a 1xx before the answer: its headers are not the answer's
     interim = _fed(100, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
-    assert interim.done and interim.status == 200 and interim.headers == [("Content-Length", "1")] and interim.body_bytes() == b"x"
+    assert interim.done and interim.status == 200 and interim.headers == [(b"Content-Length", b"1")] and interim.body_bytes() == b"x"
 
 
 async def test_callback_path_tells_once_and_keeps_no_reference(server: RawServer) -> None:

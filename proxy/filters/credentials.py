@@ -13,6 +13,7 @@ from typing import Protocol
 from proxy.classify import Classifier
 from proxy.exchange import Exchange, UpstreamResponse, Verdict
 from proxy.filters.context import FilterContext
+from proxy.headers import bad_header_value
 from proxy.oauth.token import Token
 from proxy.types import Next
 
@@ -31,6 +32,19 @@ class InjectCredentials:
     def __init__(self, provider: Tokens, classify: Classifier) -> None:
         self.provider = provider
         self.classify = classify
+        self._line: tuple[Token | None, bytes | None] = (None, None)  # auth_line's last token and line
+
+    def auth_line(self, token: Token) -> bytes | None:
+        """``attach``'s header as a request line, encoded once per token (``proxy.lane``); None
+        when the token would not go out as it is (non-ASCII, or a control character, which
+        ``wire_headers`` refuses): the path that calls ``attach`` handles such a token."""
+        last, line = self._line
+        if token is last:
+            return line
+        value = "Bearer " + token.value
+        line = None if not value.isascii() or bad_header_value(value) else f"Authorization: {value}\r\n".encode("ascii")
+        self._line = (token, line)
+        return line
 
     @classmethod
     def from_context(cls, ctx: FilterContext) -> InjectCredentials | None:

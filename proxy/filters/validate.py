@@ -16,6 +16,9 @@ class ValidateRequest:
         self.allow = tuple(methods)
         self.content_type = require.content_type.lower() if require.content_type else None
         self.headers = require.headers
+        # the same checks on the parser's bytes, for ``accepts_raw``
+        self._raw_type = self.content_type.encode("ascii") if self.content_type and self.content_type.isascii() else None
+        self._raw_headers = tuple(h.lower().encode("ascii") for h in self.headers if h.isascii())
 
     @classmethod
     def from_context(cls, ctx: FilterContext) -> ValidateRequest:
@@ -34,6 +37,27 @@ class ValidateRequest:
         for name in self.headers:
             if not headers.get(name, "").strip():
                 raise MissingHeader(name)
+
+    def accepts_raw(self, method: str, headers: dict[bytes, bytes]) -> bool:
+        """True when ``check`` would pass, read from the request's bytes (``headers``: lower-case
+        names, each seen once), for ``proxy.lane``. False is not a refusal: it sends the request
+        to the path that runs ``check`` and renders its error. So anything this does not read as
+        plainly as ``check`` does (a non-ASCII value, where ``str.strip`` and ``bytes.strip``
+        differ) says False."""
+        if method not in self.methods or len(self._raw_headers) != len(self.headers):
+            return False
+        wanted = self._raw_type
+        if self.content_type is not None:
+            raw = headers.get(b"content-type")
+            if wanted is None or raw is None or not raw.isascii():
+                return False
+            if raw != wanted and raw.split(b";", 1)[0].strip().lower() != wanted:
+                return False
+        for name in self._raw_headers:
+            value = headers.get(name)
+            if not value or not value.isascii() or not value.strip():
+                return False
+        return True
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         self.check(ex)

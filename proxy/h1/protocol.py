@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -43,11 +43,14 @@ from proxy.corking import Cork
 from proxy.errors import ExpectationFailed, ProxyError
 from proxy.h1.downstream import H1Request
 from proxy.h1.limits import H1Limits
-from proxy.h1.response import CONTINUE, UnsafeHeader, encode_reply, plain
+from proxy.h1.response import CONTINUE, UnsafeHeader, encode_passed, encode_reply, plain
 from proxy.h1.ticker import Ticker
 from proxy.listener import Listener
 from proxy.reply import Reply, error_reply
 from proxy.tracing import request_id_from
+
+if TYPE_CHECKING:
+    from proxy.lane import LaneCall
 
 log = logging.getLogger("proxy.h1")
 
@@ -70,6 +73,11 @@ class _Reject(Exception):
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status = status
+
+
+def _decoded(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    # names are tokens (llhttp checked); values may carry obs-text: kept as aiohttp kept it
+    return [(name.decode("ascii"), value.decode("utf-8", "surrogateescape")) for name, value in raw]
 
 
 def _refuse_repeated_singletons(headers: CIMultiDictProxy[str]) -> None:
@@ -98,7 +106,7 @@ class H1Protocol(asyncio.Protocol):
         "_server", "_limits", "_ticker", "_listener", "_loop", "transport", "_parser", "_queue",
         "_receiving", "_active", "_url", "_headers", "_head_bytes", "_in_head", "_stopped",
         "_write_paused", "_read_paused", "_close_after", "_closed", "deadline", "_deadline_kind",
-        "_error", "_in_next", "_cork",
+        "_error", "_in_next", "_cork", "_lane",
     )
 
     def __init__(self, server: ServerSide) -> None:
@@ -114,9 +122,10 @@ class H1Protocol(asyncio.Protocol):
         # parser-level status to answer, in its turn, before closing.
         self._queue: deque[H1Request | int] = deque()
         self._receiving: H1Request | None = None  # the request whose body the parser is reading
-        self._active: H1Request | None = None
+        self._active: H1Request | LaneCall | None = None  # a LaneCall: the request is on the lane
+        self._lane: LaneCall | None = None  # the lane's request whose head is parsed, until its end
         self._url: list[bytes] = []
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []  # as llhttp gives them; decoded in on_headers_complete
         self._head_bytes = 0
         self._in_head = False
         self._stopped = False        # no more parsing (an error, an upgrade, closing)
@@ -221,19 +230,26 @@ class H1Protocol(asyncio.Protocol):
         self._head_bytes += size + 4
         if self._head_bytes > limits.max_head_bytes:
             raise _Reject(431, "request head too large")
-        # names are tokens (llhttp checked); values may carry obs-text: kept as aiohttp kept it
-        headers.append((name.decode("ascii"), value.decode("utf-8", "surrogateescape")))
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        fields = self._headers
+        url = self._url
+        raw_target = url[0] if len(url) == 1 else b"".join(url)
+        if self._active is None and not self._queue:  # nothing before it to answer first
+            lane = self._listener.lane(raw_target)
+            if lane is not None and parser.get_method() == b"GET":
+                call = lane.prepare(self, self._headers, raw_target, parser.should_keep_alive(), parser.get_http_version())
+                if call is not None:
+                    self._lane = call
+                    return
+        fields = _decoded(self._headers)
         names = {name.lower() for name, _ in fields}  # one pass answers "is it there?" for the rest
         headers = CIMultiDictProxy(CIMultiDict(fields))
         if len(fields) != len(names):
             _refuse_repeated_singletons(headers)  # some name came twice: is it one that must not?
-        url = self._url
-        target = (url[0] if len(url) == 1 else b"".join(url)).decode("ascii", "surrogateescape")
+        target = raw_target.decode("ascii", "surrogateescape")
         content_length = int(headers["Content-Length"]) if "content-length" in names else None  # llhttp: one run of digits
         has_body = bool(content_length) or "transfer-encoding" in names
         version = parser.get_http_version()
@@ -259,6 +275,14 @@ class H1Protocol(asyncio.Protocol):
             request.feed(body)
 
     def on_message_complete(self) -> None:
+        call = self._lane
+        if call is not None:
+            self._lane = None
+            if self._deadline_kind in (_HEAD, _BODY):
+                self._set_deadline(_NONE, 0.0)
+            if not call.start():
+                self._queue.append(self.lane_request(call))  # the ordinary path: _next runs it after the feed
+            return
         request = self._receiving
         self._receiving = None
         if request is None:
@@ -310,7 +334,7 @@ class H1Protocol(asyncio.Protocol):
     def _done(self, reply: Reply) -> None:
         """The listener's answer to the request in flight (requests are answered one at a time, in order)."""
         request = self._active
-        if request is None:  # cannot happen: the listener answers each request once
+        if not isinstance(request, H1Request):  # cannot happen: the listener answers each request once
             log.error("an answer with no request in flight (dropped)")
             return
         self._answer(request, reply)
@@ -332,18 +356,63 @@ class H1Protocol(asyncio.Protocol):
             data = encode_reply(error_reply(ProxyError("unsafe reply header"), "en", request_id_from(None)), self._ticker.date, True, False)
             close = True
         self._write(data)
+        self._after_answer(request, close, body_left)
+
+    def _after_answer(self, request: H1Request | None, close: bool, body_left: bool) -> None:
         if not close:
             if not self._queue and self._receiving is None and not self._in_head:
                 self._set_deadline(_IDLE, self._limits.keepalive_timeout)
             return
         self._queue.clear()
-        if body_left and not self._stopped:
+        if body_left and not self._stopped and request is not None:
             request.drop_body()
             self._close_after = request
             self._set_deadline(_LINGER, self._limits.linger_timeout)
         else:
             self._stop_parsing()
             self._close_gracefully()
+
+    # -- the lane (proxy.lane) ----------------------------------------------------------------------
+
+    @property
+    def listener(self) -> Listener:
+        return self._listener
+
+    def lane_request(self, call: LaneCall) -> H1Request:
+        """The lane's request as the ordinary path sees it: the same bytes, decoded as
+        ``on_headers_complete`` decodes them (the lane took only requests without a body)."""
+        fields = _decoded(call.raw)
+        request = H1Request(
+            "GET", call.target.decode("ascii", "surrogateescape"), CIMultiDictProxy(CIMultiDict(fields)),
+            call.version, call.keep_alive, False, None, self._limits.max_body_buffer,
+        )
+        request.finish()
+        return request
+
+    def lane_started(self, call: LaneCall) -> None:
+        self._active = call  # what is parsed behind it waits in the queue, as behind any request
+
+    def lane_handed_on(self, call: LaneCall) -> H1Request:
+        """The lane gives its request to the forwarder's and the listener's code: their answer
+        comes back through ``lane_reply``, as any request's."""
+        request = self.lane_request(call)
+        if self._active is call:
+            self._active = request
+        return request
+
+    def lane_reply(self, reply: Reply) -> None:
+        self._done(reply)
+
+    def lane_answer(self, status: int, passed: bytes, request_id: str, content_type: bytes, body: bytes, keep_alive: bool) -> None:
+        """The lane's reply (``_answer`` for bytes): a GET, complete, answered in its turn."""
+        self._active = None
+        if self._closed:
+            return
+        close = not keep_alive or self._stopped or self._server.closing
+        self._write(encode_passed(status, passed, request_id, content_type, body, self._ticker.date, close))
+        self._after_answer(None, close, False)
+        if self._queue:
+            self._next()
 
     def _write(self, data: bytes) -> None:
         """After the loop iteration's reads (``proxy.corking``), in order with closing."""

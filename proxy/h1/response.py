@@ -46,6 +46,24 @@ def encode_reply(reply: Reply, date: bytes, close: bool, head_only: bool) -> byt
     ))
 
 
+def encode_passed(status: int, passed: bytes, request_id: str, content_type: bytes, body: bytes, date: bytes, close: bool) -> bytes:
+    """A partner answer passed through, from bytes (``proxy.lane``): byte for byte ``encode_reply``
+    of the ``Reply`` the listener builds for it (``headers.downstream_headers``' order: the
+    passed partner lines, ``X-Request-Id``, ``Content-Type``). ``passed`` and ``content_type``
+    are ASCII lines the caller checked; nothing here re-checks them."""
+    return b"".join((
+        status_line(status),
+        passed,
+        b"X-Request-Id: ", request_id.encode("ascii"),
+        b"\r\nContent-Type: " + content_type + b"\r\n" if content_type else b"\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        date,
+        _CLOSE if close else b"",
+        b"\r\n",
+        body,
+    ))
+
+
 def plain(status: int, date: bytes) -> bytes:
     """A parser-level answer (400, 408, 414, 431, 500 before a request exists): text, then close."""
     text = _REASONS.get(status, "Error").encode("ascii")

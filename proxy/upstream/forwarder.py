@@ -128,29 +128,48 @@ class Forwarder:
         """
         upstream = self._request(ex)
         cluster = self.cluster
-        limits = cluster.limits
-        # ``enter()`` and ``try_acquire()`` without their checks: can_start_now() just made them
-        # (the connection itself is still checked by the pool: an idle one may have gone stale)
-        limits.take_now()
+        ex.attempts += 1
+        ex.breaker_state = cluster.breaker.state
+        trial, started = self.open_now()
         try:
-            cluster.budget.on_request()
-            ex.attempts += 1
-            ex.breaker_state = cluster.breaker.state
-            trial, started = self._open_attempt()
             pool = cluster.pool
             assert pool is not None
-            on_answer = partial(self._answered, ex, upstream, trial, started, done)
+            on_answer = partial(self.answered, ex, upstream, trial, started, done)
             if not pool.start(upstream, cluster.config.timeout, on_answer):  # cannot happen either (has_idle)
                 on_answer(None, wire_error(Phase.NOT_SENT, Event.CLOSED, ex.method, "no pooled connection ready"))
+        except BaseException:
+            cluster.limits.leave()
+            raise
+
+    def open_now(self) -> tuple[bool, float]:
+        """The first callback-path attempt's admission, right after ``can_start_now()``: the cluster
+        entered and a slot taken (``take_now``: ``enter()`` and ``try_acquire()`` without their
+        checks, which can_start_now() just made), the request counted in the retry budget, the
+        breaker asked (``CircuitOpen`` raised with everything undone). The connection itself is
+        still checked by the pool: an idle one may have gone stale."""
+        limits = self.cluster.limits
+        limits.take_now()
+        try:
+            self.cluster.budget.on_request()
+            return self._open_attempt()
         except BaseException:
             limits.leave()
             raise
 
-    def _answered(
+    def succeeded(self, trial: bool, started: float, status: int) -> None:
+        """A callback-path attempt that ended in a checked answer under 500 which nobody retries
+        (``proxy.lane``'s end): what ``_settle`` and ``answered`` record for it."""
+        self.cluster.breaker.record(trial, None)
+        self._close_attempt(self._status_label(status), started)
+        self.cluster.leave()
+
+    def answered(
         self, ex: Exchange, upstream: UpstreamRequest, trial: bool, started: float,
         done: Done,
         answer: UpstreamAnswer | None, exc: BaseException | None,
     ) -> None:
+        """The first callback-path attempt's outcome (``start``'s, or one ``proxy.lane`` hands on):
+        settled, then retried in a task if it may be, else ``done``."""
         try:
             response = self._settle(upstream.method, trial, started, answer, exc)
         except UpstreamError as failed:

@@ -99,7 +99,9 @@ class StrictAnswer:
         self.head_only = head_only
         self.received = 0
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        # as received: the parser's bytes (``decoded_headers`` for the str form); the callback
+        # path's lane (``proxy.lane``) reads them without decoding
+        self.headers: list[tuple[bytes, bytes]] = []
         # bytes while the body came in one ``on_body`` chunk (the usual case: no copy), a bytearray
         # once a second chunk arrived; ``body_bytes()`` hands out bytes either way
         self.body: bytes | bytearray = b""
@@ -185,7 +187,11 @@ class StrictAnswer:
                 self._te = [value]
             else:
                 self._te.append(value)
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self.headers.append((name, value))
+
+    def decoded_headers(self) -> list[tuple[str, str]]:
+        """The headers as ``UpstreamAnswer`` carries them: decoded latin-1, so every byte survives."""
+        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self.headers]
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -249,6 +255,8 @@ class StrictAnswer:
 DoneCallback = Callable[[UpstreamAnswer | None, BaseException | None], None]
 # told the connection as well, so that one bound method serves every request (no partial per request)
 AnswerCallback = Callable[["_Connection", UpstreamAnswer | None, BaseException | None], None]
+# ``Http11Pool.start_bytes``' outcome: the parsed answer itself (headers as bytes), or the error
+RawDoneCallback = Callable[[StrictAnswer | None, BaseException | None], None]
 
 
 class _Connection(asyncio.Protocol):
@@ -263,7 +271,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "transport", "closed", "answer", "_on_answer", "reusable", "created", "idle_since", "deadline", "_cork",
-        "method", "timeout", "on_done",
+        "method", "timeout", "on_done", "raw",
     )
 
     def __init__(self, max_body: int, cork: Cork) -> None:
@@ -281,6 +289,8 @@ class _Connection(asyncio.Protocol):
         self.method = ""
         self.timeout = 0.0
         self.on_done: DoneCallback | None = None
+        # the request's ``on_done`` takes the ``StrictAnswer`` itself (``Http11Pool.start_bytes``)
+        self.raw = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -324,7 +334,10 @@ class _Connection(asyncio.Protocol):
         if not self.closed:
             self.reusable = answer.keep_alive and answer.framed
         if callback is not None:
-            callback(self, UpstreamAnswer(answer.status, answer.headers, answer.body_bytes()), None)
+            if self.raw:  # read at once by its caller: the next request on this connection resets it
+                callback(self, answer, None)  # type: ignore[arg-type]
+            else:
+                callback(self, UpstreamAnswer(answer.status, answer.decoded_headers(), answer.body_bytes()), None)
 
     def fail(self, exc: BaseException) -> None:
         """End the request in flight with ``exc`` (a violation, the connection's end, a timeout)."""
@@ -343,6 +356,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, request: bytes, head_only: bool) -> asyncio.Future[UpstreamAnswer]:
         waiter: asyncio.Future[UpstreamAnswer] = asyncio.get_running_loop().create_future()
+        self.raw = False  # the last request on this connection may have been the lane's
         self.start(request, head_only, partial(_resolve, waiter))
         return waiter
 
@@ -491,15 +505,29 @@ class Http11Pool:
         conn = self._take_idle()
         if conn is None:
             return False
+        method = request.method
+        self._send_now(conn, self.request_bytes(method, request.target, request.headers, request.body), method, timeout, on_done, False)
+        return True
+
+    def start_bytes(self, data: bytes, method: str, timeout: float, on_done: RawDoneCallback) -> bool:
+        """``start`` for a request already encoded (``proxy.lane``: a route's constant head is
+        encoded once). ``on_done`` gets the connection's ``StrictAnswer`` itself, headers as bytes,
+        and must read it at once: the connection is back in the pool when it is called."""
+        conn = self._take_idle()
+        if conn is None:
+            return False
+        self._send_now(conn, data, method, timeout, on_done, True)  # type: ignore[arg-type]
+        return True
+
+    def _send_now(self, conn: _Connection, data: bytes, method: str, timeout: float, on_done: DoneCallback, raw: bool) -> None:
         loop = self._loop
         if loop is None:
             loop, _ = self._loop_and_cork()
-        method = request.method
-        data = self.request_bytes(method, request.target, request.headers, request.body)
         conn.deadline = loop.time() + timeout
         conn.method = method
         conn.timeout = timeout
         conn.on_done = on_done
+        conn.raw = raw
         self._busy.add(conn)
         if self._tick_handle is None:
             self._tick = max(0.005, min(0.05, timeout / 4))
@@ -510,7 +538,6 @@ class Http11Pool:
             self._busy.discard(conn)
             conn.on_done = None
             on_done(None, self._failure(exc, conn, Phase.NOT_SENT, method, timeout))
-        return True
 
     def _started_done(self, conn: _Connection, answer: UpstreamAnswer | None, exc: BaseException | None) -> None:
         self._busy.discard(conn)

@@ -1,0 +1,313 @@
+"""The lane: the callback path's commonest request done on the parser's bytes.
+
+Why: the callback path (``proxy.fastpath``) costs ~45 us of CPU per request on the benchmark, and
+a minimal Python proxy on the same loop and parsers ~11 us (``bench/run.py``'s floor row). The
+difference is mostly the data model, not the features: headers decoded to ``str`` into a
+``CIMultiDict`` and back, the partner's header set built per request, a dozen objects and ~250
+calls. For the request that dominates traffic, a ``GET`` of an exact route that answers 2xx, this
+module keeps the bytes:
+
+- the app's headers stay as llhttp gave them; one pass lower-cases each name into a dict and keeps
+  the lines the partner gets (``proxy.headers.DROP_HEADERS`` and the route's own names dropped);
+- the route's checks are ``ValidateRequest.accepts_raw``, the same rules on bytes;
+- the partner request is one join: the route's request line and ``Host`` (encoded once), the app's
+  kept lines, the route's headers and ``Accept-Encoding`` (encoded once), the request id and
+  trace context (``proxy.tracing``'s own functions), ``Authorization`` (encoded once per token by
+  ``InjectCredentials.auth_line``). Same headers, same order, same bytes as ``upstream_headers``
+  + ``wire_headers`` + ``Http11Pool.request_bytes`` (``tests/test_lane.py`` compares them);
+- admission and accounting are the forwarder's own calls (``open_now``, ``succeeded``), the pool's
+  (``start_bytes``), the metrics' (``RequestMetrics.record``) and the log's (``SuccessLine``,
+  the ``partner_call`` record with the route's constant fields pre-encoded);
+- the answer's pass-back policy is ``proxy.headers.answer_lines`` (``answer_headers`` on bytes),
+  and the reply is ``proxy.h1.response.encode_passed``, byte for byte what ``encode_reply`` gives.
+
+Everything else is the existing code's, so that there is one behaviour:
+
+- Before anything was sent, a request the lane does not take is handed, as the same bytes decoded,
+  to the ordinary path (``H1Protocol`` and ``Listener.handle``), which then decides everything
+  again: other methods, query strings, a repeated header name, ``Connection``/``Expect``/
+  ``Upgrade``/framing headers, a header the route sets, a check that fails (the ordinary path
+  renders the 4xx), non-ASCII bytes, no token in memory, no idle connection or slot, a breaker
+  that is not closed, a request pipelined behind another one.
+- After sending, every outcome but a 200-202 with clean pass-back headers (a partner error, a
+  timeout, a broken connection, a header the app's client would refuse) is handed on: an
+  ``Exchange`` is built for the request as it was sent, and ``Forwarder.answered``, ``FastCall``
+  and ``Listener.finish_fast`` take it from there, with retries, token renewal, the errors.yaml
+  rewrite and the envelope.
+
+A route has a lane (``LaneRoute.of``) when its callback path has no ``verify`` filter, its path
+is exact and plain ASCII, it sends no ``Date``, and the runtime has tracing off and a plain log
+policy (nothing scrubbed, no bodies, no debug records).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from time import perf_counter
+from typing import Protocol
+
+from proxy.accesslog import AccessLog, SuccessLine
+from proxy.exchange import Downstream, Exchange
+from proxy.fastpath import FastCall, FastRoute
+from proxy.headers import DROP_HEADERS, answer_lines, upstream_headers, wire_headers
+from proxy.oauth.token import Token
+from proxy.reply import Reply
+from proxy.request_metrics import RequestMetrics
+from proxy.tracing import child_traceparent, forwarded_tracestate, request_id_from
+from proxy.types import CompiledRoute, FastEnd, Observer
+from proxy.upstream.http11 import StrictAnswer
+from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, wire_error
+
+
+class Listener(FastEnd, Protocol):
+    """What the lane needs of ``proxy.listener.Listener``: the in-flight count the drain waits on,
+    the callback path's counters and its end (``finish_fast``, for what is handed on)."""
+
+    callback_requests: int
+    lane_requests: int
+
+    def enter(self) -> None: ...
+
+    def leave(self) -> None: ...
+
+
+class H1Protocol(Protocol):
+    """What the lane needs of the app's connection (``proxy.h1.protocol.H1Protocol``)."""
+
+    @property
+    def listener(self) -> Listener: ...
+
+    def lane_started(self, call: LaneCall) -> None: ...
+
+    def lane_handed_on(self, call: LaneCall) -> Downstream: ...
+
+    def lane_reply(self, reply: Reply) -> None: ...
+
+    def lane_answer(self, status: int, passed: bytes, request_id: str, content_type: bytes, body: bytes, keep_alive: bool) -> None: ...
+
+_DROP = frozenset(name.encode("ascii") for name in DROP_HEADERS)
+# headers whose meaning the ordinary path works out (hop-by-hop lists, framing, 100-continue)
+_NOT_HERE = frozenset((b"connection", b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
+_ENCODING = b"Accept-Encoding: identity\r\n"
+
+
+def _text(value: bytes) -> str:
+    """A header value as ``H1Protocol`` decodes it for the ordinary path."""
+    return value.decode("utf-8", "surrogateescape")
+
+
+class LaneRoute:
+    """One exact route's lane, compiled with its runtime from the objects its callback path uses."""
+
+    __slots__ = (
+        "route", "fast", "forwarder", "validate", "credentials", "provider", "breaker", "pool", "timeout",
+        "observers", "metrics", "line", "_drop", "_set", "_head", "_tail", "_pass_back",
+    )
+
+    def __init__(self, route: CompiledRoute, fast: FastRoute, observers: tuple[Observer, ...], metrics: RequestMetrics, line: SuccessLine | None) -> None:
+        self.route = route
+        self.fast = fast
+        forwarder = self.forwarder = fast.forwarder
+        cluster = forwarder.cluster
+        self.validate = fast.validate
+        self.credentials = fast.credentials
+        self.provider = fast.credentials.provider if fast.credentials is not None else None
+        self.breaker = cluster.breaker
+        pool = cluster.pool
+        assert pool is not None  # FastRoute.of: http11 only
+        self.pool = pool
+        self.timeout = cluster.config.timeout
+        self.observers = observers
+        self.metrics = metrics
+        self.line = line  # None: the log level writes no partner_call records
+        self._set = frozenset(name.lower().encode("ascii") for name, _ in route.set_headers)
+        self._drop = _DROP | self._set
+        self._head = f"GET {forwarder.url.raw_path_qs} HTTP/1.1\r\nHost: {pool.host_header}\r\n".encode("ascii")
+        self._tail = "".join(f"{name}: {value}\r\n" for name, value in route.set_headers).encode("ascii") + _ENCODING
+        self._pass_back = frozenset(name.encode("ascii") for name in forwarder.pass_back)
+
+    @classmethod
+    def of(cls, route: CompiledRoute, observers: tuple[Observer, ...], metrics: RequestMetrics, access: AccessLog, tracing_on: bool) -> LaneRoute | None:
+        """The route's lane, or None when some part of it would behave differently on bytes."""
+        fast = route.fast
+        if type(fast) is not FastRoute or fast.verify is not None or tracing_on or route.date:
+            return None
+        if access.debug or (access.enabled and not access.plain):
+            return None  # partner_call_start records, or a policy that scrubs or captures bodies
+        forwarder = fast.forwarder
+        path = route.path
+        if forwarder.path_template is not None or not path.isascii() or any(c in path for c in "%?#"):
+            return None
+        if fast.validate is not None and "GET" not in fast.validate.methods:
+            return None
+        texts = [forwarder.url.raw_path_qs, *(n + v for n, v in route.set_headers), *forwarder.pass_back]
+        if not all(t.isascii() for t in texts) or {"content-type", "x-request-id"} & forwarder.pass_back:
+            return None  # downstream_headers would replace such a passed header: left to it
+        line = access.success_line(route, "GET") if access.enabled else None
+        return cls(route, fast, observers, metrics, line)
+
+    def prepare(self, proto: H1Protocol, raw: list[tuple[bytes, bytes]], target: bytes, keep_alive: bool, version: str) -> LaneCall | None:
+        """At the end of the request's head: the header pass and the route's checks. None: the
+        ordinary path takes the request (and renders the error if a check failed)."""
+        started = perf_counter()
+        seen: dict[bytes, bytes] = {}
+        parts = [self._head]
+        drop = self._drop
+        for name, value in raw:
+            lname = name.lower()
+            seen[lname] = value
+            if lname not in drop:
+                parts.append(b"%s: %s\r\n" % (name, value))
+            elif lname in self._set and lname not in _DROP:
+                # the ordinary path replaces such a header in place (another order on the wire)
+                return None
+        if len(seen) != len(raw) or not _NOT_HERE.isdisjoint(seen):
+            return None
+        if self.validate is not None and not self.validate.accepts_raw("GET", seen):
+            return None
+        parts.append(self._tail)
+        return LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target)
+
+
+def compile_lanes(routes: list[CompiledRoute], observers: tuple[Observer, ...], metrics: RequestMetrics, access: AccessLog, tracing_on: bool) -> Mapping[bytes, LaneRoute]:
+    """The runtime's lanes by request target (an exact route's path, as bytes)."""
+    lanes: dict[bytes, LaneRoute] = {}
+    for route in routes:
+        lane = LaneRoute.of(route, observers, metrics, access, tracing_on)
+        if lane is not None:
+            lanes[route.path.encode("ascii")] = lane
+    return lanes
+
+
+class LaneCall:
+    """One request on the lane: its state from the head to the reply, and the pool's ``on_done``."""
+
+    __slots__ = (
+        "proto", "lane", "raw", "parts", "seen", "keep_alive", "version", "started", "target",
+        "token", "trial", "attempt_started", "breaker_state", "request_id", "traceparent", "tracestate",
+    )
+
+    def __init__(
+        self, proto: H1Protocol, lane: LaneRoute, raw: list[tuple[bytes, bytes]], parts: list[bytes],
+        seen: dict[bytes, bytes], keep_alive: bool, version: str, started: float, target: bytes,
+    ) -> None:
+        self.proto = proto
+        self.lane = lane
+        self.raw = raw
+        self.parts = parts  # the partner request so far: request line, Host, the app's kept lines, the route's
+        self.seen = seen    # lower-case name -> value
+        self.keep_alive = keep_alive
+        self.version = version
+        self.started = started
+        self.target = target
+        self.token: Token | None = None
+        self.trial = False
+        self.attempt_started = 0.0
+        self.breaker_state = "closed"
+        self.request_id = ""
+        self.traceparent = ""
+        self.tracestate: str | None = None
+
+    def start(self) -> bool:
+        """At the request's end: send it. False, with nothing done: the ordinary path takes it."""
+        lane = self.lane
+        token = None
+        auth = b""
+        if lane.provider is not None:
+            token = lane.provider.peek()
+            if token is None:
+                return False  # a token fetch waits: the task path
+            line = lane.credentials.auth_line(token)  # type: ignore[union-attr]
+            if line is None:
+                return False
+            auth = line
+        forwarder = lane.forwarder
+        if lane.breaker.state != "closed" or not forwarder.can_start_now():
+            return False
+        seen = self.seen
+        incoming = seen.get(b"x-request-id")
+        request_id = request_id_from(_text(incoming) if incoming is not None else None)
+        raw_parent = seen.get(b"traceparent")
+        parent = _text(raw_parent) if raw_parent is not None else None
+        traceparent = child_traceparent(parent)
+        parts = self.parts
+        parts.append(b"X-Request-Id: %s\r\ntraceparent: %s\r\n" % (request_id.encode("ascii"), traceparent.encode("ascii")))
+        if parent:
+            raw_state = seen.get(b"tracestate")
+            tracestate = forwarded_tracestate(parent, _text(raw_state)) if raw_state is not None else None
+            if tracestate:
+                self.tracestate = tracestate
+                parts.append(b"tracestate: %s\r\n" % tracestate.encode("ascii"))
+        parts.append(auth)
+        parts.append(b"\r\n")
+        data = b"".join(parts)
+        if not data.isascii():  # the ordinary path re-encodes such values (invalid UTF-8 as U+FFFD)
+            return False
+        self.request_id, self.traceparent, self.token = request_id, traceparent, token
+        listener = self.proto.listener
+        listener.enter()
+        try:
+            self.trial, self.attempt_started = forwarder.open_now()
+        except BaseException:  # cannot happen with the breaker closed; the ordinary path decides again
+            listener.leave()
+            return False
+        listener.callback_requests += 1
+        listener.lane_requests += 1
+        self.proto.lane_started(self)
+        if not lane.pool.start_bytes(data, "GET", lane.timeout, self):  # cannot happen (can_start_now)
+            self(None, wire_error(Phase.NOT_SENT, Event.CLOSED, "GET", "no pooled connection ready"))
+        return True
+
+    def __call__(self, answer: StrictAnswer | None, error: BaseException | None) -> None:
+        """The pool's outcome. The answer is read here and now: its connection is back in the pool."""
+        if error is None:
+            assert answer is not None
+            status = answer.status
+            body = answer.body_bytes()
+            if 200 <= status <= 202:  # UpstreamResponse.ok: what the answer filters let through untouched
+                passed = answer_lines(answer.headers, self.lane._pass_back)
+                if passed is not None:
+                    self._passed(status, passed[0], passed[1], body)
+                    return
+            self._hand_on(UpstreamAnswer(status, answer.decoded_headers(), body), None)
+            return
+        self._hand_on(None, error)
+
+    def _passed(self, status: int, content_type: bytes, passed: bytes, body: bytes) -> None:
+        """A 200-202 passed through: what ``FastCall``, ``Listener.finish_fast`` and the observers
+        do for it, on bytes."""
+        lane = self.lane
+        lane.forwarder.succeeded(self.trial, self.attempt_started, status)
+        proto = self.proto
+        proto.listener.leave()
+        elapsed = perf_counter() - self.started
+        lane.metrics.record(lane.route.name, status, elapsed)
+        line = lane.line
+        if line is not None:
+            client = self.seen.get(b"x-client-id")
+            line.write(
+                self.request_id, self.traceparent, _text(client) if client is not None else "", status, elapsed,
+                self.token.source if self.token is not None else None, self.breaker_state,
+            )
+        proto.lane_answer(status, passed, self.request_id, content_type, body, self.keep_alive)
+
+    def _hand_on(self, answer: UpstreamAnswer | None, error: BaseException | None) -> None:
+        """Any other outcome: the forwarder's, ``FastCall``'s and the listener's own code, with the
+        objects they expect, built for the request as it was sent."""
+        lane = self.lane
+        route = lane.route
+        proto = self.proto
+        request = proto.lane_handed_on(self)
+        headers = request.headers
+        ex = Exchange(
+            request, "GET", self.request_id, route.language(headers.get("Accept-Language")), self.traceparent, self.started,
+            upstream_headers(headers, self.request_id, self.traceparent, self.tracestate, route.set_headers, None),
+        )
+        if self.token is not None:
+            lane.credentials.attach(ex, self.token)  # type: ignore[union-attr]
+        ex.attempts = 1
+        ex.breaker_state = self.breaker_state
+        forwarder = lane.forwarder
+        upstream = UpstreamRequest("GET", forwarder.url.raw_path_qs, wire_headers(ex.upstream_headers), b"")
+        done = FastCall(lane.fast, ex, self.token, proto.listener, route, lane.observers, proto.lane_reply)
+        forwarder.answered(ex, upstream, self.trial, self.attempt_started, done, answer, error)
