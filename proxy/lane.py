@@ -89,6 +89,8 @@ _DROP = frozenset(name.encode("ascii") for name in DROP_HEADERS)
 # headers whose meaning the ordinary path works out (hop-by-hop lists, framing, 100-continue)
 _NOT_HERE = frozenset((b"connection", b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 _ENCODING = b"Accept-Encoding: identity\r\n"
+# what the proxy itself sets on the partner request (a route header of that name is replaced)
+_OURS = frozenset(("accept-encoding", "x-request-id", "traceparent", "tracestate", "authorization", "date"))
 
 
 def _text(value: bytes) -> str:
@@ -140,6 +142,9 @@ class LaneRoute:
             return None
         if fast.validate is not None and "GET" not in fast.validate.methods:
             return None
+        names = [name.lower() for name, _ in route.set_headers]
+        if len(set(names)) != len(names) or not _OURS.isdisjoint(names):
+            return None  # upstream_headers replaces such a header in place, and the credential filter too
         texts = [forwarder.url.raw_path_qs, *(n + v for n, v in route.set_headers), *forwarder.pass_back]
         if not all(t.isascii() for t in texts) or {"content-type", "x-request-id"} & forwarder.pass_back:
             return None  # downstream_headers would replace such a passed header: left to it
@@ -157,6 +162,8 @@ class LaneRoute:
             lname = name.lower()
             seen[lname] = value
             if lname not in drop:
+                if not value.isascii():  # the ordinary path re-encodes it (invalid UTF-8 as U+FFFD)
+                    return None
                 parts.append(b"%s: %s\r\n" % (name, value))
             elif lname in self._set and lname not in _DROP:
                 # the ordinary path replaces such a header in place (another order on the wire)
@@ -211,19 +218,20 @@ class LaneCall:
     def start(self) -> bool:
         """At the request's end: send it. False, with nothing done: the ordinary path takes it."""
         lane = self.lane
+        forwarder = lane.forwarder
+        if lane.breaker.state != "closed" or not forwarder.can_start_now():
+            return False
         token = None
         auth = b""
         if lane.provider is not None:
+            # the last check: a peek counts a memory hit, and the ordinary path would peek again
             token = lane.provider.peek()
             if token is None:
                 return False  # a token fetch waits: the task path
             line = lane.credentials.auth_line(token)  # type: ignore[union-attr]
             if line is None:
-                return False
+                return False  # a token wire_headers refuses (CR, LF): that path renders it (counted twice)
             auth = line
-        forwarder = lane.forwarder
-        if lane.breaker.state != "closed" or not forwarder.can_start_now():
-            return False
         seen = self.seen
         incoming = seen.get(b"x-request-id")
         request_id = request_id_from(_text(incoming) if incoming is not None else None)
@@ -235,14 +243,12 @@ class LaneCall:
         if parent:
             raw_state = seen.get(b"tracestate")
             tracestate = forwarded_tracestate(parent, _text(raw_state)) if raw_state is not None else None
-            if tracestate:
+            if tracestate:  # ASCII: forwarded_tracestate refuses anything else
                 self.tracestate = tracestate
                 parts.append(b"tracestate: %s\r\n" % tracestate.encode("ascii"))
         parts.append(auth)
         parts.append(b"\r\n")
         data = b"".join(parts)
-        if not data.isascii():  # the ordinary path re-encodes such values (invalid UTF-8 as U+FFFD)
-            return False
         self.request_id, self.traceparent, self.token = request_id, traceparent, token
         listener = self.proto.listener
         listener.enter()

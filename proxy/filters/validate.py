@@ -9,6 +9,10 @@ from proxy.filters.context import FilterContext
 from proxy.types import Next
 
 
+# what ``str.strip()`` strips in ASCII (``bytes.strip()`` leaves \x1c-\x1f)
+_SPACE = bytes(c for c in range(128) if chr(c).isspace())
+
+
 class ValidateRequest:
     def __init__(self, methods: tuple[str, ...], require: RequireConfig) -> None:
         # HEAD is not implied by GET here: the partner list is not a cheap HEAD target.
@@ -51,11 +55,11 @@ class ValidateRequest:
             raw = headers.get(b"content-type")
             if wanted is None or raw is None or not raw.isascii():
                 return False
-            if raw != wanted and raw.split(b";", 1)[0].strip().lower() != wanted:
+            if raw != wanted and raw.split(b";", 1)[0].strip(_SPACE).lower() != wanted:
                 return False
         for name in self._raw_headers:
             value = headers.get(name)
-            if not value or not value.isascii() or not value.strip():
+            if not value or not value.isascii() or not value.strip(_SPACE):
                 return False
         return True
 
