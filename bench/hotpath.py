@@ -42,55 +42,12 @@ from proxy.h1.server import H1Server  # noqa: E402
 from proxy.listener import Listener  # noqa: E402
 from proxy.oauth.token import Grant  # noqa: E402
 from proxy.upstream.http11 import _Connection  # noqa: E402
+from tests.transports import KeepTransport  # noqa: E402
 
 REQUEST = (
     b"GET /v1/products HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
     b"X-Client-Id: bench\r\n\r\n"
 )
-
-
-class KeepTransport(asyncio.Transport):
-    """Keeps the last write; never closes by itself."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last = b""
-        self.writes = 0
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.last = bytes(data)
-        self.writes += 1
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
 
 def partner_answer() -> bytes:

@@ -42,16 +42,18 @@ policy (nothing scrubbed, no bodies, no debug records).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from time import perf_counter
 from typing import Protocol
 
 from proxy.accesslog import AccessLog, SuccessLine
+from proxy.errors import ProxyError
 from proxy.exchange import Downstream, Exchange
 from proxy.fastpath import FastCall, FastRoute
 from proxy.headers import DROP_HEADERS, answer_lines, upstream_headers, wire_headers
 from proxy.oauth.token import Token
-from proxy.reply import Reply
+from proxy.reply import Reply, error_reply
 from proxy.request_metrics import RequestMetrics
 from proxy.tracing import child_traceparent, forwarded_tracestate, request_id_from
 from proxy.types import CompiledRoute, FastEnd, Observer
@@ -84,6 +86,8 @@ class H1Protocol(Protocol):
     def lane_reply(self, reply: Reply) -> None: ...
 
     def lane_answer(self, status: int, passed: bytes, request_id: str, content_type: bytes, body: bytes, keep_alive: bool) -> None: ...
+
+log = logging.getLogger("proxy.lane")
 
 _DROP = frozenset(name.encode("ascii") for name in DROP_HEADERS)
 # headers whose meaning the ordinary path works out (hop-by-hop lists, framing, 100-continue)
@@ -283,18 +287,27 @@ class LaneCall:
         """A 200-202 passed through: what ``FastCall``, ``Listener.finish_fast`` and the observers
         do for it, on bytes."""
         lane = self.lane
-        lane.forwarder.succeeded(self.trial, self.attempt_started, status)
         proto = self.proto
-        proto.listener.leave()
-        elapsed = perf_counter() - self.started
-        lane.metrics.record(lane.route.name, status, elapsed)
-        line = lane.line
-        if line is not None:
-            client = self.seen.get(b"x-client-id")
-            line.write(
-                self.request_id, self.traceparent, _text(client) if client is not None else "", status, elapsed,
-                self.token.source if self.token is not None else None, self.breaker_state,
-            )
+        try:
+            lane.forwarder.succeeded(self.trial, self.attempt_started, status)
+        finally:  # whatever happens, the drain must not wait for this request
+            proto.listener.leave()
+        try:
+            elapsed = perf_counter() - self.started
+            lane.metrics.record(lane.route.name, status, elapsed)
+            line = lane.line
+            if line is not None:
+                client = self.seen.get(b"x-client-id")
+                line.write(
+                    self.request_id, self.traceparent, _text(client) if client is not None else "", status, elapsed,
+                    self.token.source if self.token is not None else None, self.breaker_state,
+                )
+        except Exception:  # a bug in an observer: one answer still, as Listener.finish_fast gives it
+            log.exception("unhandled error answering route %s (request %s)", lane.route.name, self.request_id)
+            request = proto.lane_handed_on(self)
+            language = lane.route.language(request.headers.get("Accept-Language"))
+            proto.lane_reply(error_reply(ProxyError("unhandled"), language, self.request_id))
+            return
         proto.lane_answer(status, passed, self.request_id, content_type, body, self.keep_alive)
 
     def _hand_on(self, answer: UpstreamAnswer | None, error: BaseException | None) -> None:

@@ -20,6 +20,7 @@ from proxy.upstream.forwarder import Forwarder
 from proxy.upstream.http11 import _Connection
 from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, wire_error
 from tests.factories import texchange
+from tests.transports import KeepTransport
 
 Step = Callable[[UpstreamRequest], UpstreamAnswer]
 
@@ -132,33 +133,13 @@ async def test_max_requests_refuses_at_once() -> None:
     assert info.value.threshold == "max_requests" and info.value.headers["Retry-After"] == "1"
 
 
-class _Wire(asyncio.Transport):
-    """A partner connection's transport that drops what is written (the test feeds the answer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-
 def pooled(cluster: Cluster) -> _Connection:
     """One idle connection in the cluster's http11 pool, as a first request would leave it."""
     pool = cluster.pool
     assert pool is not None
     _, cork = pool._loop_and_cork()
     conn = _Connection(cluster.config.max_response_bytes, cork)
-    conn.connection_made(_Wire())
+    conn.connection_made(KeepTransport())
     pool._idle.append(conn)
     return conn
 

@@ -48,6 +48,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 import proxy.accesslog
+import proxy.request_metrics
 from proxy.accesslog import AccessLog
 from proxy.app import build_state, data_server
 from proxy.commlog import LogPolicy
@@ -68,6 +69,7 @@ from proxy.resources import Resources, Staged
 from proxy.runtime import Runtime, compile_runtime
 from proxy.state import ProxyState
 from proxy.upstream.http11 import _Connection
+from tests.transports import KeepTransport
 from tests.helpers import TEST_CLIENT, Rig, make_rig, partner_calls, patched_routes, sandbox_app, sandbox_env, shipped_config
 
 # The lane exists only on the http11 transport (it is a lane of the callback path) ...
@@ -121,53 +123,6 @@ def routes_with(tmp_path: Path, upstream: str = "", timeout: str = "") -> Path:
 # =================================================================================================
 
 
-class KeepTransport(asyncio.Transport):
-    """Keeps everything written; closes only when told (``bench/hotpath.py``'s, accumulating)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.data += data
-
-    def take(self) -> bytes:
-        out = bytes(self.data)
-        self.data.clear()
-        return out
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
 @dataclass
 class Trip:
     """One app request through one side: what the partner received (one entry per attempt),
@@ -207,7 +162,7 @@ class Side:
         assert pool is not None
         _, cork = pool._loop_and_cork()
         conn = _Connection(cluster.config.max_response_bytes, cork)
-        partner = KeepTransport()
+        partner = KeepTransport(keep_all=True)
         conn.connection_made(partner)
         pool._idle.append(conn)
         if lanes:
@@ -227,7 +182,7 @@ class Side:
         pooled connection is answered with the next of ``answers`` (none left: it hangs)."""
         counts = (self.listener.lane_requests, self.listener.callback_requests, self.listener.task_requests)
         proto = H1Protocol(self.server)
-        app = KeepTransport()
+        app = KeepTransport(keep_all=True)
         proto.connection_made(app)
         pool = self.runtime().clusters["tokopedia"].pool
         assert pool is not None
@@ -660,6 +615,30 @@ async def test_a_warm_get_of_the_product_list_takes_the_lane(aiohttp_client: Any
     record = (await partner_calls(stream, 2))[-1]
     assert record["request_id"] == "e2e-1" and record["token_source"] == "memory" and record["status"] == 200
     assert listener.inflight == 0
+
+
+@on_http11
+@on_h1
+async def test_a_bug_in_an_observer_on_the_lane_still_answers_once_and_leaves_nothing_in_flight(
+    aiohttp_client: Any, sandbox: TestServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As ``Listener.finish_fast`` does for the ordinary path: the envelope's 500, and the drain
+    does not wait for a request that will never end."""
+    rig, _ = await new_rig(aiohttp_client, sandbox)
+    listener = listener_of(rig)
+    await warm(rig)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("an observer bug")
+
+    monkeypatch.setattr(proxy.request_metrics.RequestMetrics, "record", broken)
+    (got,) = await raw_exchange(port_of(rig), request(*E2E_BASE))
+    assert listener.lane_requests == 1
+    assert got.status == 500 and json.loads(got.body)["error"]["request_id"] == "e2e-1"
+    assert listener.inflight == 0
+    monkeypatch.undo()
+    (again,) = await raw_exchange(port_of(rig), request(*E2E_BASE))
+    assert again.status == 200 and listener.lane_requests == 2, "the connection pool and the lane still work"
 
 
 # name: (request bytes, expected status, routes patch for get_products' upstream block)
