@@ -172,14 +172,21 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """utime + stime (all threads) of the live process tree under root, in seconds."""
-    ticks = 0
+def tree_cpu_split(root: int) -> tuple[float, float]:
+    """(utime, stime) (all threads) of the live process tree under root, in seconds: our code's
+    share and the kernel's (system calls, the TCP stack) apart."""
+    user = system = 0
     for pid in tree_pids(root):
         f = _stat_fields(pid)
         if f is not None:
-            ticks += int(f[11]) + int(f[12])  # fields 14 utime, 15 stime
-    return ticks / CLK_TCK
+            user += int(f[11])  # field 14 utime
+            system += int(f[12])  # field 15 stime
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime (all threads) of the live process tree under root, in seconds."""
+    return sum(tree_cpu_split(root))
 
 
 def system_cpu() -> tuple[float, float]:
@@ -662,11 +669,12 @@ class Bench:
         is_sidecar = t.admin_port is not None
         servers = [c.pid for c in self.servers]
         sys0, own0 = system_cpu(), own_cpu(servers)
-        cpu0, up0, w0 = tree_cpu_seconds(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
+        (user0, kernel0), up0, w0 = tree_cpu_split(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
         redis0 = redis_calls(self.redis_port)
         met0 = scrape_requests_total(t.admin_port) if is_sidecar and t.admin_port else {}
         run = self.wrk(t.url, a.duration, t.route)
-        cpu1, up1, w1 = tree_cpu_seconds(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
+        (user1, kernel1), up1, w1 = tree_cpu_split(t.child.pid), tree_cpu_seconds(self.upstream.pid), time.monotonic()
+        cpu0, cpu1 = user0 + kernel0, user1 + kernel1
         sys1, own1 = system_cpu(), own_cpu(servers)
         redis1 = redis_calls(self.redis_port)
         met1 = scrape_requests_total(t.admin_port) if is_sidecar and t.admin_port else {}
@@ -677,6 +685,8 @@ class Bench:
             "target": t.name,
             "wrk": {k: v for k, v in run.items() if k != "raw"},
             "cpu_us_per_req": (cpu1 - cpu0) / n * 1e6,
+            "user_us_per_req": (user1 - user0) / n * 1e6,
+            "system_us_per_req": (kernel1 - kernel0) / n * 1e6,
             "server_cpu_pct": (cpu1 - cpu0) / wall * 100,
             "upstream_cpu_pct": (up1 - up0) / wall * 100,
             "redis_calls_per_req": (redis1 - redis0) / n,
@@ -873,6 +883,8 @@ def summarize(bench: Bench) -> dict[str, dict[str, Any]]:
             "p99": med([r["wrk"].get("p99_ms") for r in runs]),
             "cpu": med([r["cpu_us_per_req"] for r in runs]),
             "cpu_all": [round(r["cpu_us_per_req"], 1) for r in runs],
+            "user": med([r.get("user_us_per_req") for r in runs]),
+            "system": med([r.get("system_us_per_req") for r in runs]),
             "server_cpu_pct": med([r["server_cpu_pct"] for r in runs]),
             "upstream_cpu_pct": med([r["upstream_cpu_pct"] for r in runs]),
             "fx_p50": med([r["fixed"]["p50_ms"] for r in runs]),
@@ -1034,8 +1046,8 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         "",
         "Details (per repetition; server/upstream CPU as % of one core during the closed-loop run):",
         "",
-        "| target | req/s per rep | CPU us/req per rep | server CPU % | upstream nginx CPU % | other load % (max) | steal % | Redis cmds/req | fixed-rate p50 / p90 / p99 ms per rep | achieved rps | client lag p99 ms | errors |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "| target | req/s per rep | CPU us/req per rep | user / system us/req | server CPU % | upstream nginx CPU % | other load % (max) | steal % | Redis cmds/req | fixed-rate p50 / p90 / p99 ms per rep | achieved rps | client lag p99 ms | errors |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for t in bench.targets:
         s = summary[t.name]
@@ -1052,7 +1064,7 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
             err = "; ".join(parts)
         if t.name == "partner-proxy" and s["statuses"]:
             err += f" (sidecar metrics, closed loop: {s['statuses']})"
-        lines.append(f"| {t.name} | {', '.join(map(str, s['rps_all']))} | {', '.join(map(str, s['cpu_all']))} | {fmt(s['server_cpu_pct'], '.0f')} | "
+        lines.append(f"| {t.name} | {', '.join(map(str, s['rps_all']))} | {', '.join(map(str, s['cpu_all']))} | {fmt(s['user'], '.1f')} / {fmt(s['system'], '.1f')} | {fmt(s['server_cpu_pct'], '.0f')} | "
                      f"{fmt(s['upstream_cpu_pct'], '.0f')} | {fmt(s['foreign_pct'], '.0f')} ({s['foreign_max']:.0f}) | {fmt(s['steal_pct'], '.1f')} | {fmt(s['redis_per_req'], '.4f')} | {s['fx_all']} | {fmt(s['fx_rps'], '.0f')} | {fmt(s['fx_lag_p99'], '.3f')} | {err} |")
     if bench.remeasured:
         lines.append(f"\n{bench.remeasured} measurement(s) disturbed by other processes were taken again (the second take is reported).")

@@ -60,6 +60,8 @@ from proxy.types import CompiledRoute, FastEnd, Observer
 from proxy.upstream.http11 import StrictAnswer
 from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, wire_error
 
+log = logging.getLogger("proxy.lane")
+
 
 class Listener(FastEnd, Protocol):
     """What the lane needs of ``proxy.listener.Listener``: the in-flight count the drain waits on,
@@ -87,7 +89,6 @@ class H1Protocol(Protocol):
 
     def lane_answer(self, status: int, passed: bytes, request_id: str, content_type: bytes, body: bytes, keep_alive: bool) -> None: ...
 
-log = logging.getLogger("proxy.lane")
 
 _DROP = frozenset(name.encode("ascii") for name in DROP_HEADERS)
 # headers whose meaning the ordinary path works out (hop-by-hop lists, framing, 100-continue)
