@@ -14,10 +14,14 @@ may shrink or vanish once the kernel and the loop are in the picture.
     python bench/ab.py main HEAD             # two git refs of this repository
     python bench/ab.py /path/to/tree .       # or two source trees
     python bench/ab.py main HEAD --rounds 6 --duration 5 --path /v1/orders/bench-order-1
+    python bench/ab.py main HEAD --compile   # both sides as the image builds them (mypyc, setup.py)
 
 A ref is checked out with ``git worktree add --detach`` into a temporary directory and removed at
 the end. Each sidecar imports its own tree's ``proxy`` package and reads its own tree's
-``config/``. Only loopback; every process started here is stopped by PID.
+``config/``. A checked-out ref runs as pure Python (its tree has no built extensions) and a
+directory runs as it is (``.`` after ``pip install -e .`` runs compiled): the log line says how
+many compiled modules each side has, and ``--compile`` builds them in both first (~80 s each).
+Only loopback; every process started here is stopped by PID.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Side:
     user: list[float] = field(default_factory=list)  # µs per request, one value per round
     system: list[float] = field(default_factory=list)
     rps: list[float] = field(default_factory=list)
+    compiled: int = 0  # the side's mypyc extensions (setup.py); a checked-out ref has none unless --compile
 
     def total(self) -> list[float]:
         return [u + s for u, s in zip(self.user, self.system)]
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", default=B.APP_PATH, help="the app path to load (a GET route of the shipped config)")
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--other-cpu", default="1", help="upstream nginx, Redis and wrk")
+    parser.add_argument("--compile", action="store_true",
+                        help="build each side's mypyc extensions first (setup.py build_ext --inplace; a checked-out ref has none)")
     args = parser.parse_args(argv)
 
     B.interrupt_on_signals()
@@ -97,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     worktrees: list[Path] = []
     try:
         sides = [Side("A", checkout(args.a, tmp, worktrees)), Side("B", checkout(args.b, tmp, worktrees))]
+        for side in sides:
+            if args.compile and (side.tree / "setup.py").exists():
+                B.log(f"compiling side {side.label} ({side.tree}) with mypyc")
+                subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=side.tree, check=True,
+                               stdout=subprocess.DEVNULL, env={**os.environ, "PARTNER_PROXY_COMPILE": "1"})
+            side.compiled = len(list((side.tree / "proxy").rglob("*.so")))
         extra = B.extra_routes(tmp)
         up_port = B.free_port()
         conf = B.nginx_conf(tmp, "upstream", up_port, B.upstream_nginx_body(up_port, "".join(r.upstream for r in extra)))
@@ -129,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             status, _, body = B.http_get(side.url, B.APP_HEADERS, timeout=5)
             if status != 200:
                 raise B.BenchError(f"side {side.label} ({side.tree}) answered {status}: {body[:200]!r}")
-        B.log(f"A = {args.a} ({sides[0].tree}), B = {args.b} ({sides[1].tree}), {args.path}, {args.rounds} rounds x {args.duration:g} s")
+        B.log(f"A = {args.a} ({sides[0].tree}, {sides[0].compiled} compiled modules), B = {args.b} ({sides[1].tree}, "
+              f"{sides[1].compiled} compiled modules), {args.path}, {args.rounds} rounds x {args.duration:g} s")
         wrk = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration:g}s", "--timeout", "5s"]
         for name, value in B.APP_HEADERS.items():
             wrk += ["-H", f"{name}: {value}"]

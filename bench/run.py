@@ -942,6 +942,8 @@ def machine() -> dict[str, str]:
         "nginx": _version(["nginx", "-v"], r"nginx/(\S+)"),
         "wrk": _version(["wrk", "-v"], r"wrk (\S+)"),
         "redis": _version(["redis-server", "--version"], r"v=(\S+)"),
+        # what the sidecar under test imports: this checkout's package, compiled by setup.py or not
+        "build": f"{n} modules compiled with mypyc" if (n := len(list((REPO / "proxy").rglob("*.so")))) else "pure Python (not compiled)",
     }
 
 
@@ -1087,7 +1089,7 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
     lines += [
         "",
         (f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}; Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}, "
-         f"nginx {m['nginx']}, wrk {m['wrk']}, redis {m['redis']}."),
+         f"nginx {m['nginx']}, wrk {m['wrk']}, redis {m['redis']}; partner-proxy {m['build']}."),
         f"Placement: {'servers on CPU ' + a.server_cpu + ', upstream nginx on CPU ' + str(a.upstream_cpu) + ', wrk and the fixed-rate client on CPU ' + a.client_cpu if bench.pin else 'no CPU pinning'}.",
         f"Command: `{command}` ({elapsed:.0f} s)",
         "",
