@@ -564,11 +564,17 @@ def dockerignored(path: str) -> bool:
 
 
 def test_dockerignore_keeps_what_the_build_copies() -> None:
-    needed = ["pyproject.toml", "config/routes.yaml", "config/errors.yaml", "deploy/requirements.lock", "README.md"]
+    needed = ["pyproject.toml", "setup.py", "config/routes.yaml", "config/errors.yaml", "deploy/requirements.lock", "README.md"]
     needed += [str(p.relative_to(ROOT)) for p in (ROOT / "proxy").rglob("*.py")]
+    # and whatever a COPY from the build context names (not --from a stage), so a new COPY cannot
+    # be forgotten here (setup.py was, once)
+    for instruction, args in dockerfile_instructions():
+        if instruction == "COPY" and not args.startswith("--from"):
+            needed += [src.rstrip("*").rstrip("/") for src in args.split()[:-1] if not src.startswith("--")]
     kept_out = [p for p in needed if dockerignored(p)]
     assert not kept_out, f".dockerignore excludes files the image needs: {kept_out}"
-    for path in (".git/HEAD", "tests/test_deploy.py", "bench/run.py", "deploy/k8s/deployment.yaml", "proxy/__pycache__/cli.cpython-311.pyc", ".venv/bin/python"):
+    for path in (".git/HEAD", "tests/test_deploy.py", "bench/run.py", "deploy/k8s/deployment.yaml", "proxy/__pycache__/cli.cpython-311.pyc", ".venv/bin/python",
+                 "proxy/lane.cpython-311-x86_64-linux-gnu.so"):
         assert dockerignored(path), f"{path} should stay out of the build context"
 
 
