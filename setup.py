@@ -4,7 +4,7 @@ Why: on the benchmark the lane's request costs ~20 us of Python per request agai
 minimal proxy on the same loop and parsers (bench/README.md); what remains is interpreter work
 spread over ~40 small functions, which no single trim removes. mypyc compiles the same typed
 source (nothing is written twice; ``tests/test_static.py`` already holds it to mypy) and took
-~5 us off the ~30 us per request (README.md, Speed).
+~5-7 us off the ~30 us per request (README.md, Speed).
 
 The list is ``[tool.partner-proxy] compiled`` in pyproject.toml. ``PARTNER_PROXY_COMPILE=0``
 builds the pure-Python package (no C compiler needed); the code is the same either way, and
