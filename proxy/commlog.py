@@ -173,21 +173,21 @@ class CommunicationLog:
         self._max_pending = max_pending_bytes
         self.dropped = 0
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="commlog-writer", daemon=True)
-            self._thread.start()
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._run, name="commlog-writer", daemon=True)
+            self._writer.start()
 
     def stop(self) -> None:
         self._flush()
-        if self._thread is not None:
+        if self._writer is not None:
             self._queue.put(None)
-            self._thread.join(timeout=5)
-            self._thread = None
+            self._writer.join(timeout=5)
+            self._writer = None
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class CommunicationLog:
                 self.dropped += count
                 return
             self._pending += len(chunk)
-        if self._thread is None:
+        if self._writer is None:
             self._write(chunk)
         else:
             self._queue.put(chunk)

@@ -4,14 +4,16 @@ a fake token provider. No YAML text edits, no network."""
 
 from __future__ import annotations
 
+import io
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 from proxy.classify import Classifier
+from proxy.commlog import CommunicationLog
 from proxy.config.errors_table import ErrorRule, ErrorTable, parse_range
 from proxy.config.models import RequireConfig, RouteConfig, UpstreamRef
 from proxy.downstream import AiohttpDownstream
@@ -112,3 +114,14 @@ class FakeTokens:
         self.renewed.append(rejected)
         self.n += 1
         return Token(f"token-{self.n}", time.time() + 3600, "fetch")
+
+
+def frozen_log(now: str) -> tuple[CommunicationLog, Callable[[], list[str]]]:
+    """A real ``CommunicationLog`` into memory with its clock frozen at ``now``, and the lines it
+    has written so far. Outside a running loop and never started, it writes each line as it comes
+    (no flush timer, no thread). A real one because it is compiled: no stand-in passes for it."""
+    stream = io.StringIO()
+    log = CommunicationLog(stream=stream)
+    log.now = lambda: now
+    # split on "\n" only: a record may hold U+2028 and such, which splitlines() would cut at
+    return log, lambda: stream.getvalue().split("\n")[:-1]

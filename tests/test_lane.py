@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 import proxy.accesslog
-import proxy.request_metrics
+import proxy.metrics
 from proxy.accesslog import AccessLog
 from proxy.app import build_state, data_server
 from proxy.commlog import LogPolicy
@@ -70,6 +70,7 @@ from proxy.runtime import Runtime, compile_runtime
 from proxy.state import ProxyState
 from proxy.upstream.http11 import _Connection
 from tests.transports import KeepTransport
+from tests.factories import frozen_log
 from tests.helpers import TEST_CLIENT, Rig, make_rig, partner_calls, patched_routes, sandbox_app, sandbox_env, shipped_config
 
 # The lane exists only on the http11 transport (it is a lane of the callback path) ...
@@ -631,10 +632,19 @@ async def test_a_bug_in_an_observer_on_the_lane_still_answers_once_and_leaves_no
     listener = listener_of(rig)
     await warm(rig)
 
-    def broken(*args: Any) -> None:
-        raise RuntimeError("an observer bug")
+    # RequestMetrics is compiled (no patched methods): break the one counter it bound for this
+    # route and status, so the request-count update itself raises and nothing else does.
+    lane = listener.lane(b"/v1/products")
+    assert lane is not None
+    target = lane.metrics._bound["get_products"][200][0]
+    inc = proxy.metrics.HotCounter.inc
 
-    monkeypatch.setattr(proxy.request_metrics.RequestMetrics, "record", broken)
+    def broken(self: Any, n: float = 1) -> None:
+        if self is target:
+            raise RuntimeError("an observer bug")
+        inc(self, n)
+
+    monkeypatch.setattr(proxy.metrics.HotCounter, "inc", broken)
     (got,) = await raw_exchange(port_of(rig), request(*E2E_BASE))
     assert listener.lane_requests == 1
     assert got.status == 500 and json.loads(got.body)["error"]["request_id"] == "e2e-1"
@@ -940,15 +950,6 @@ def test_accepts_raw_is_sound_on_any_bytes(validate: ValidateRequest, method: st
 # -- SuccessLine vs AccessLog.on_finish ----------------------------------------------------------------
 
 
-class _Writer:
-    """A ``CommunicationLog`` stand-in: a frozen clock and the lines written."""
-
-    def __init__(self, now: str) -> None:
-        self.lines: list[str] = []
-        self.now = lambda: now
-        self.write_line = self.lines.append
-
-
 _client_ids = st.one_of(
     st.none(),  # no X-Client-Id header at all
     st.sampled_from(["", "app-1", 'a"b', "a\\b", "\u00e9\u65e5\U0001f600", "c" * 128, "c" * 129, "d" * 300, "\x00\x1f\x7f", "</script>"]),
@@ -974,8 +975,8 @@ def test_success_line_is_on_finish_byte_for_byte(
     status: int, seconds: float, token_source: str | None, breaker_state: str | None, now: str,
 ) -> None:
     route: Any = SimpleNamespace(name=route_name, cluster=cluster, upstream_path=upstream_path)
-    writer = _Writer(now)
-    access = AccessLog(writer, LogPolicy.of())  # type: ignore[arg-type]
+    writer, lines = frozen_log(now)
+    access = AccessLog(writer, LogPolicy.of())
     assert access.plain
     headers = CIMultiDict({"X-Client-Id": client_id} if client_id is not None else {})
     ex = Exchange(SimpleNamespace(headers=CIMultiDictProxy(headers)), "GET", request_id, "en", traceparent, 0.0, CIMultiDict())  # type: ignore[arg-type]
@@ -992,7 +993,7 @@ def test_success_line_is_on_finish_byte_for_byte(
     line = access.success_line(route, "GET")
     for _ in range(2):  # twice: the second time from the line's caches
         line.write(request_id, traceparent, client_id if client_id is not None else "", status, seconds, token_source, breaker_state)
-    expected, *written = writer.lines
+    expected, *written = lines()
     assert written == [expected, expected]
     json.loads(expected)
 
