@@ -24,6 +24,38 @@ def _sidecars_cleaned_up() -> Iterator[None]:
         shutil.rmtree(sidecar.dir, ignore_errors=True)
 
 
+_FIRST_SIDECAR = pytest.StashKey[int]()
+_TAIL = 4000  # characters of each log kept in a failure report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_FIRST_SIDECAR] = len(Sidecar.made)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries the logs of the sidecars it ran (made during the test, or
+    still running from a module fixture): the session's clean-up removes their files, and a
+    failure seen once on CI is otherwise not explained."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    first = item.stash.get(_FIRST_SIDECAR, len(Sidecar.made))
+    for i, sidecar in enumerate(Sidecar.made):
+        running = sidecar.proc is not None and sidecar.proc.poll() is None
+        if i < first and not running:
+            continue
+        state = "running" if running else f"exit {sidecar.proc.returncode}" if sidecar.proc is not None else "not started"
+        for name, path in (("stderr", sidecar.stderr_path), ("stdout", sidecar.stdout_path)):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError as exc:
+                text = f"(unreadable: {exc})"
+            report.sections.append((f"sidecar {i} data :{sidecar.port} admin :{sidecar.admin_port} ({state}) {name}", text[-_TAIL:]))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One real redis-server per test session on a free loopback port; stopped at the end."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,8 @@ from aiohttp.test_utils import TestServer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+
+from tests.redis_server import free_port
 
 
 def _value(v: AnyValue) -> Any:
@@ -124,11 +125,9 @@ async def start_otlp_receiver(aiohttp_server: Any, mode: str = "ok") -> OtlpRece
 
 
 def closed_port_url() -> str:
-    """A loopback URL where nothing listens (the port was bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    """A loopback URL where nothing listens (the port was bound, then released; ``free_port``
+    hands it to no server of this session later)."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 __all__ = ["Got", "KeyValue", "OtlpReceiver", "attrs", "closed_port_url", "start_otlp_receiver"]

@@ -14,10 +14,22 @@ import time
 from pathlib import Path
 
 
+# Every port handed out in this test session. The kernel may give a port that was free when probed
+# to a later probe too; two servers started at once on one port means one loses the bind while its
+# start-up poll reaches the winner (a sidecar's /readyz answered by another sidecar's admin: "ready",
+# then connection refused on its data port).
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before in this process."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _given:
+            _given.add(port)
+            return port
 
 
 class RedisServer:
