@@ -135,9 +135,12 @@ class SuccessLine:
         breaker = texts.get(breaker_state)
         if breaker is None:
             breaker = texts[breaker_state] = _json(breaker_state)
+        # Every field a str or an int and no conversion or format spec: mypyc builds the line with
+        # one join. A ``!r`` here sends the whole f-string through ``str.format`` (~1 us).
+        latency = repr(round(seconds * 1000, 2))
         self._write(
             f'{{"time":"{self._now()}","level":"info","event":"partner_call","request_id":"{request_id}",'
             f'"traceparent":"{traceparent}"{self._route}{client}{self._middle}{status},"partner_status":{status},'
-            f'"partner_code":null,"error_type":null,"latency_ms":{round(seconds * 1000, 2)!r},'
+            f'"partner_code":null,"error_type":null,"latency_ms":{latency},'
             f'"token_source":{source},"token_retried":false,"breaker_state":{breaker}}}'
         )

@@ -160,10 +160,10 @@ async def test_the_callback_path_takes_one_request_and_one_slot_and_frees_both()
     assert len(outcomes) == 1 and outcomes[0][0] is not None and outcomes[0][0].status == 200
     assert (limits.requests, limits.active) == (0, 0)
 
-    def refuse() -> bool:
-        raise CircuitOpen("p", 1.0)
-
-    cluster.breaker.admit = refuse  # type: ignore[method-assign]
+    breaker = cluster.breaker  # opened for real (a compiled class: its admit cannot be patched)
+    for _ in range(cluster.config.circuit_breaker.fail_max):
+        breaker.record(False, cluster.config.circuit_breaker.failures[0])
+    assert breaker.state == "open"
     assert fwd.can_start_now()
     with pytest.raises(CircuitOpen):
         fwd.start(exchange(), lambda response, error: outcomes.append((response, error)))
