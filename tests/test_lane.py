@@ -345,6 +345,8 @@ REQUESTS = {
     "full": (request(*FULL), True, False, False),
     "bare": (request(*BASE), True, True, True),
     "http/1.0": (request(*BASE, "X-Request-Id: old-1", version=b"1.0"), True, True, False),
+    "http/2.0 text": (request(*BASE, version=b"2.0"), True, True, True),
+    "http/1.0 keep-alive": (request(*BASE, "Connection: keep-alive", version=b"1.0"), False, True, True),
     "names in odd case": (
         request(
             "host: h", "content-type: application/json", "x-client-id: a", "COOKIE: c=1", "authorization: x",

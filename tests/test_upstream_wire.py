@@ -41,6 +41,7 @@ CORPUS: list[tuple[str, bytes, str]] = [
     ("htab-in-value", S + b"X: a\tb\r\nContent-Length: 2\r\n\r\nok", OK),
     ("no-reason-phrase", b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok", OK),
     ("http-1.0", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", OK),
+    ("http-1.0-keep-alive", b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", OK),
     ("eof-delimited", S + b"\r\nok", OK),  # RawServer closes after it (close_after)
     ("100-then-200", b"HTTP/1.1 100 Continue\r\n\r\n" + S + b"Content-Length: 2\r\n\r\nok", OK),
     ("103-then-200", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + S + b"Content-Length: 2\r\n\r\nok", OK),
@@ -84,6 +85,9 @@ CORPUS: list[tuple[str, bytes, str]] = [
     ("lowercase-http", b"http/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", BAD),
     ("http-1.2", b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok", BAD),
     ("http-2.0-text", b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok", BAD),
+    # llhttp keeps a 2.0 answer alive when it says keep-alive: the version must still be checked
+    ("http-2.0-keep-alive", b"HTTP/2.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", BAD),
+    ("http-0.9-keep-alive", b"HTTP/0.9 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\nok", BAD),
     ("status-4-digits", b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok", BAD),
     ("status-2-digits", b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok", BAD),
     ("double-space-status", b"HTTP/1.1  200 OK\r\nContent-Length: 2\r\n\r\nok", BAD),

@@ -85,7 +85,7 @@ class StrictAnswer:
 
     __slots__ = (
         "parser", "max_body", "head_only", "received", "status", "headers", "body", "body_len",
-        "headers_done", "done", "leftover", "interim", "keep_alive", "framed", "head_len", "_te", "_length",
+        "headers_done", "done", "leftover", "interim", "keep_alive", "framed", "head_len", "_te", "_length", "_connection",
     )
 
     def __init__(self, max_body: int) -> None:
@@ -115,6 +115,7 @@ class StrictAnswer:
         self.head_len = 0
         self._te: list[bytes] | None = None  # the Transfer-Encoding values, None: no such header
         self._length: int | None = None      # the Content-Length, None: no such header
+        self._connection = False             # a Connection header came (see on_headers_complete)
 
     def body_bytes(self) -> bytes:
         """The body as received, as an immutable ``bytes`` (copied only if it came in pieces)."""
@@ -161,6 +162,7 @@ class StrictAnswer:
         self.headers = []
         self._te = None
         self._length = None
+        self._connection = False
         self.head_len = 0
         self.headers_done = False
         self.interim = False
@@ -182,6 +184,9 @@ class StrictAnswer:
         if n == 14:
             if name.lower() == b"content-length":
                 self._length = int(value)
+        elif n == 10:
+            if name.lower() == b"connection":
+                self._connection = True
         elif n == 17 and name.lower() == b"transfer-encoding":
             if self._te is None:
                 self._te = [value]
@@ -195,9 +200,14 @@ class StrictAnswer:
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise Violation(f"HTTP version {version} in an HTTP/1.1 answer")
+        keep_alive = parser.should_keep_alive()
+        # The version is read only when it can be other than 1.1 (httptools formats a new string
+        # each call, ~0.25 us). Strict llhttp takes 0.9, 1.0, 1.1 and 2.0; of these only 1.1 keeps
+        # the connection alive without a Connection header (0.9, 1.0 and 2.0 need keep-alive in it).
+        if not keep_alive or self._connection:
+            version = parser.get_http_version()
+            if version != "1.1" and version != "1.0":
+                raise Violation(f"HTTP version {version} in an HTTP/1.1 answer")
         status = parser.get_status_code()
         if status < 100 or status > 999:
             raise Violation(f"status code {status}")
@@ -223,7 +233,7 @@ class StrictAnswer:
             self.framed = True
             self._finish()
             return
-        self.keep_alive = parser.should_keep_alive()
+        self.keep_alive = keep_alive
         self.framed = te is not None or length is not None or status == 204 or status == 304
 
     def on_body(self, data: bytes) -> None:
