@@ -25,8 +25,9 @@ Everything else is the existing code's, so that there is one behaviour:
 
 - Before anything was sent, a request the lane does not take is handed, as the same bytes decoded,
   to the ordinary path (``H1Protocol`` and ``Listener.handle``), which then decides everything
-  again: other methods, query strings, a repeated header name, ``Connection``/``Expect``/
-  ``Upgrade``/framing headers, a header the route sets, a check that fails (the ordinary path
+  again: other methods, query strings, a repeated header name, a ``Connection`` header other
+  than ``keep-alive`` or ``close`` (one that names headers), ``Expect``/``Upgrade``/framing
+  headers, a header the route sets, a check that fails (the ordinary path
   renders the 4xx), non-ASCII bytes, no token in memory, no idle connection or slot, a breaker
   that is not closed, a request pipelined behind another one.
 - After sending, every outcome but a 200-202 with clean pass-back headers (a partner error, a
@@ -43,7 +44,7 @@ policy (nothing scrubbed, no bodies, no debug records).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import Protocol
 
@@ -91,8 +92,12 @@ class H1Protocol(Protocol):
 
 
 _DROP = frozenset(name.encode("ascii") for name in DROP_HEADERS)
-# headers whose meaning the ordinary path works out (hop-by-hop lists, framing, 100-continue)
-_NOT_HERE = frozenset((b"connection", b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
+# headers whose meaning the ordinary path works out (framing, 100-continue, protocol switches)
+_NOT_HERE = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
+# The Connection values the lane takes: ones that name no header it would forward. Any other list
+# makes the headers it names hop-by-hop (``headers.upstream_headers``): the ordinary path drops them.
+_CONNECTION = frozenset((b"keep-alive", b"close"))
+_SPACE = bytes(c for c in range(128) if chr(c).isspace())  # what the ordinary path's str.strip() strips
 _ENCODING = b"Accept-Encoding: identity\r\n"
 # what the proxy itself sets on the partner request (a route header of that name is replaced)
 _OURS = frozenset(("accept-encoding", "x-request-id", "traceparent", "tracestate", "authorization", "date"))
@@ -156,9 +161,15 @@ class LaneRoute:
         line = access.success_line(route, "GET") if access.enabled else None
         return cls(route, fast, observers, metrics, line)
 
-    def prepare(self, proto: H1Protocol, raw: list[tuple[bytes, bytes]], target: bytes, keep_alive: bool, version: str) -> LaneCall | None:
+    def prepare(
+        self, proto: H1Protocol, raw: list[tuple[bytes, bytes]], target: bytes, keep_alive: bool, http_version: Callable[[], str],
+    ) -> LaneCall | None:
         """At the end of the request's head: the header pass and the route's checks. None: the
-        ordinary path takes the request (and renders the error if a check failed)."""
+        ordinary path takes the request (and renders the error if a check failed).
+
+        ``http_version`` is the parser's, asked only when the version can be other than 1.1 (it
+        formats a new string per call): strict llhttp takes 0.9, 1.0, 1.1 and 2.0, and only 1.1
+        keeps alive without a Connection header."""
         started = perf_counter()
         seen: dict[bytes, bytes] = {}
         parts = [self._head]
@@ -175,9 +186,15 @@ class LaneRoute:
                 return None
         if len(seen) != len(raw) or not _NOT_HERE.isdisjoint(seen):
             return None
+        connection = seen.get(b"connection")
+        if connection is not None:
+            token = connection.strip(_SPACE).lower()
+            if token not in _CONNECTION or token in seen:  # a header named "close" would be hop-by-hop
+                return None
         if self.validate is not None and not self.validate.accepts_raw("GET", seen):
             return None
         parts.append(self._tail)
+        version = "1.1" if keep_alive and connection is None else http_version()
         return LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target)
 
 

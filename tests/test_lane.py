@@ -346,7 +346,10 @@ REQUESTS = {
     "bare": (request(*BASE), True, True, True),
     "http/1.0": (request(*BASE, "X-Request-Id: old-1", version=b"1.0"), True, True, False),
     "http/2.0 text": (request(*BASE, version=b"2.0"), True, True, True),
-    "http/1.0 keep-alive": (request(*BASE, "Connection: keep-alive", version=b"1.0"), False, True, True),
+    "http/1.0 keep-alive": (request(*BASE, "Connection: keep-alive", version=b"1.0"), True, True, True),
+    "http/2.0 keep-alive": (request(*BASE, "Connection: Keep-Alive", version=b"2.0"), True, True, True),
+    "Connection: keep-alive": (request(*BASE, "Connection: keep-alive"), True, True, True),
+    "Connection: close": (request(*BASE, "connection:  Close "), True, True, True),
     "names in odd case": (
         request(
             "host: h", "content-type: application/json", "x-client-id: a", "COOKIE: c=1", "authorization: x",
@@ -364,8 +367,10 @@ REQUESTS = {
     "a long client id": (request("Content-Type: application/json", "X-Client-Id: " + "c" * 300), True, True, True),
     # not on the lane: the ordinary path decides, and must give the same bytes
     "a query string": (request(*BASE, target=b"/v1/products?product_code=25k-xl&x=1"), False, True, True),
-    "Connection: keep-alive": (request(*BASE, "Connection: keep-alive"), False, True, True),
     "Connection naming a header": (request(*BASE, "Connection: X-Hop", "X-Hop: 1"), False, True, True),
+    "Connection with two tokens": (request(*BASE, "Connection: keep-alive, X-Hop", "X-Hop: 1"), False, True, True),
+    "Connection: close and a header named close": (request(*BASE, "Connection: close", "Close: 1"), False, True, True),
+    "two Connection headers": (request(*BASE, "Connection: keep-alive", "Connection: close"), False, True, True),
     "a repeated header": (request(*BASE, "X-Extra: 1", "x-extra: 2"), False, True, True),
     # given back by LaneCall.start at the message's end (not ASCII): nothing may have been counted yet
     "a UTF-8 value": (request(*BASE, "X-Name: caf\u00e9"), False, True, True),
@@ -397,8 +402,28 @@ async def test_the_partner_and_the_app_get_the_same_bytes_on_both_paths(twins: T
         assert b"X-App-Build: 7.1\tbeta\r\n" in sent and b"X-Trailer-Space: kept \r\n" in sent
         assert got.answer.startswith(b"HTTP/1.1 200 OK\r\nX-Request-Id: req-lane.1:a\r\nContent-Type: application/json\r\n")
         assert b"Set-Cookie" not in got.answer and b"X-Partner-Trace" not in got.answer and DATE in got.answer
-    if name == "http/1.0":
+    if name in ("http/1.0", "Connection: close", "http/2.0 text"):
         assert b"Connection: close\r\n" in got.answer
+    if name in ("http/1.0 keep-alive", "Connection: keep-alive"):
+        assert b"Connection: close\r\n" not in got.answer
+    if name.startswith("Connection") or "keep-alive" in name:
+        assert b"onnection" not in got.sent[0] if got.sent else True, "hop-by-hop: never forwarded"
+
+
+# Connection values: (value, lane taken). The lane takes the two that name no forwarded header.
+CONNECTION_VALUES = [
+    (b"keep-alive", True), (b"KEEP-ALIVE", True), (b"\tclose", True), (b"close \t", True),
+    (b"keep-alive,", False), (b",close", False), (b"close, keep-alive", False), (b"upgrade", False),
+    (b"te", False), (b"keep-alive\x0b", False), (b"Keep-Alive\xa0", False), (b"", False), (b"keep alive", False),
+]
+
+
+@on_http11
+@pytest.mark.parametrize(("value", "taken"), CONNECTION_VALUES, ids=[repr(v) for v, _ in CONNECTION_VALUES])
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+async def test_connection_values_on_both_paths(twins: Twins, value: bytes, taken: bool, version: bytes) -> None:
+    lane, plain = await twins()
+    await assert_same(lane, plain, request(*BASE, b"Connection: " + value, version=version), [OK], taken=taken, new_trace=True, new_id=True)
 
 
 @on_http11
@@ -659,7 +684,7 @@ async def test_a_bug_in_an_observer_on_the_lane_still_answers_once_and_leaves_no
 # name: (request bytes, expected status, routes patch for get_products' upstream block)
 NOT_ON_THE_LANE = {
     "a query string": (request(*E2E_BASE, target=b"/v1/products?product_code=25k-xl"), 200, ""),
-    "Connection: keep-alive": (request(*E2E_BASE, "Connection: keep-alive"), 200, ""),
+    "Connection naming a header": (request(*E2E_BASE, "Connection: X-Hop", "X-Hop: 1"), 200, ""),
     "a repeated header": (request(*E2E_BASE, "X-Extra: 1", "X-Extra: 2"), 200, ""),
     "a header the route sets": (request(*E2E_BASE, "Accept: text/html"), 200, "headers: {Accept: application/json}"),
     "missing X-Client-Id": (request("Content-Type: application/json", "X-Request-Id: e2e-1"), 400, ""),

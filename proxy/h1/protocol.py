@@ -240,13 +240,7 @@ class H1Protocol(asyncio.Protocol):
         if self._active is None and not self._queue:  # nothing before it to answer first
             lane = self._listener.lane(raw_target)
             if lane is not None and parser.get_method() == b"GET":
-                keep_alive = parser.should_keep_alive()
-                # The version string only when it can be other than 1.1 (httptools formats one per
-                # call): strict llhttp takes 0.9, 1.0, 1.1 and 2.0, and only 1.1 keeps alive
-                # without a Connection header, which the lane declines (the ordinary path reads
-                # the version itself).
-                version = "1.1" if keep_alive else parser.get_http_version()
-                call = lane.prepare(self, self._headers, raw_target, keep_alive, version)
+                call = lane.prepare(self, self._headers, raw_target, parser.should_keep_alive(), parser.get_http_version)
                 if call is not None:
                     self._lane = call
                     return
