@@ -25,7 +25,9 @@ Everything else is the existing code's, so that there is one behaviour:
 
 - Before anything was sent, a request the lane does not take is handed, as the same bytes decoded,
   to the ordinary path (``H1Protocol`` and ``Listener.handle``), which then decides everything
-  again: other methods, query strings, a repeated header name, a ``Connection`` header other
+  again: other methods, a query string with a fragment or non-ASCII bytes (any other query is
+  put on the partner target as the ordinary path puts it: ``parse_query``, the route's
+  allow-list, ``Forwarder.query_target``), a repeated header name, a ``Connection`` header other
   than ``keep-alive`` or ``close`` (one that names headers), ``Expect``/``Upgrade``/framing
   headers, a header the route sets, a check that fails (the ordinary path
   renders the 4xx), non-ASCII bytes, no token in memory, no idle connection or slot, a breaker
@@ -52,6 +54,7 @@ from proxy.accesslog import AccessLog, SuccessLine
 from proxy.errors import ProxyError
 from proxy.exchange import Downstream, Exchange
 from proxy.fastpath import FastCall, FastRoute
+from proxy.h1.downstream import parse_query
 from proxy.headers import DROP_HEADERS, answer_lines, upstream_headers, wire_headers
 from proxy.oauth.token import Token
 from proxy.reply import Reply, error_reply
@@ -113,7 +116,7 @@ class LaneRoute:
 
     __slots__ = (
         "route", "fast", "forwarder", "validate", "credentials", "provider", "breaker", "pool", "timeout",
-        "observers", "metrics", "line", "_drop", "_set", "_head", "_tail", "_pass_back",
+        "observers", "metrics", "line", "_drop", "_set", "_head", "_tail", "_pass_back", "_host", "_queries",
     )
 
     def __init__(self, route: CompiledRoute, fast: FastRoute, observers: tuple[Observer, ...], metrics: RequestMetrics, line: SuccessLine | None) -> None:
@@ -134,7 +137,11 @@ class LaneRoute:
         self.line = line  # None: the log level writes no partner_call records
         self._set = frozenset(name.lower().encode("ascii") for name, _ in route.set_headers)
         self._drop = _DROP | self._set
-        self._head = f"GET {forwarder.url.raw_path_qs} HTTP/1.1\r\nHost: {pool.host_header}\r\n".encode("ascii")
+        self._host = f" HTTP/1.1\r\nHost: {pool.host_header}\r\n".encode("ascii")
+        self._head = b"GET " + forwarder.url.raw_path_qs.encode("ascii") + self._host
+        # query string -> (request line and Host, partner target, the allow-listed query): apps
+        # repeat a few queries (a product code); bounded, so one minting queries gets no cache
+        self._queries: dict[bytes, tuple[bytes, str, dict[str, str] | None]] = {}
         self._tail = "".join(f"{name}: {value}\r\n" for name, value in route.set_headers).encode("ascii") + _ENCODING
         self._pass_back = frozenset(name.encode("ascii") for name in forwarder.pass_back)
 
@@ -162,17 +169,28 @@ class LaneRoute:
         return cls(route, fast, observers, metrics, line)
 
     def prepare(
-        self, proto: H1Protocol, raw: list[tuple[bytes, bytes]], target: bytes, keep_alive: bool, http_version: Callable[[], str],
+        self, proto: H1Protocol, raw: list[tuple[bytes, bytes]], target: bytes, query: int, keep_alive: bool,
+        http_version: Callable[[], str],
     ) -> LaneCall | None:
         """At the end of the request's head: the header pass and the route's checks. None: the
         ordinary path takes the request (and renders the error if a check failed).
 
         ``http_version`` is the parser's, asked only when the version can be other than 1.1 (it
         formats a new string per call): strict llhttp takes 0.9, 1.0, 1.1 and 2.0, and only 1.1
-        keeps alive without a Connection header."""
+        keeps alive without a Connection header. ``query`` is the index of the target's ``?`` (-1:
+        none); the target before it is the route's path."""
         started = perf_counter()
+        upstream_target = self.forwarder.url.raw_path_qs
+        upstream_query: dict[str, str] | None = None
+        if query < 0:
+            head = self._head
+        else:
+            with_query = self._with_query(target[query + 1:])
+            if with_query is None:
+                return None
+            head, upstream_target, upstream_query = with_query
         seen: dict[bytes, bytes] = {}
-        parts = [self._head]
+        parts = [head]
         drop = self._drop
         for name, value in raw:
             lname = name.lower()
@@ -195,7 +213,36 @@ class LaneRoute:
             return None
         parts.append(self._tail)
         version = "1.1" if keep_alive and connection is None else http_version()
-        return LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target)
+        call = LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target)
+        call.upstream_target = upstream_target
+        call.upstream_query = upstream_query
+        return call
+
+    def _with_query(self, qs: bytes) -> tuple[bytes, str, dict[str, str] | None] | None:
+        """The partner request line for a query string, as the ordinary path builds its target
+        (``Listener._exchange``'s allow-listed ``upstream_query``, ``Forwarder.query_target``);
+        None for what the lane leaves to it (a fragment, non-ASCII bytes)."""
+        hit = self._queries.get(qs)
+        if hit is not None:
+            return hit
+        if b"#" in qs or not qs.isascii():
+            return None
+        forwarder = self.forwarder
+        target = forwarder.url.raw_path_qs
+        upstream_query: dict[str, str] | None = None
+        names = self.route.query
+        if names:
+            query = parse_query(qs.decode("ascii"))
+            if query:
+                upstream_query = {name: query[name] for name in names if name in query}
+                if upstream_query:
+                    target = forwarder.query_target(upstream_query)
+        if not target.isascii():
+            return None
+        entry = (b"GET " + target.encode("ascii") + self._host, target, upstream_query)
+        if len(self._queries) < 1024:
+            self._queries[qs] = entry
+        return entry
 
 
 def compile_lanes(routes: list[CompiledRoute], observers: tuple[Observer, ...], metrics: RequestMetrics, access: AccessLog, tracing_on: bool) -> Mapping[bytes, LaneRoute]:
@@ -213,7 +260,7 @@ class LaneCall:
 
     __slots__ = (
         "proto", "lane", "raw", "parts", "seen", "keep_alive", "version", "started", "target",
-        "token", "trial", "attempt_started", "breaker_state", "request_id", "traceparent", "tracestate",
+        "upstream_target", "upstream_query", "token", "trial", "attempt_started", "breaker_state", "request_id", "traceparent", "tracestate",
     )
 
     def __init__(
@@ -229,6 +276,8 @@ class LaneCall:
         self.version = version
         self.started = started
         self.target = target
+        self.upstream_target = lane.forwarder.url.raw_path_qs  # with the allow-listed query, if any
+        self.upstream_query: dict[str, str] | None = None
         self.token: Token | None = None
         self.trial = False
         self.attempt_started = 0.0
@@ -344,7 +393,9 @@ class LaneCall:
             lane.credentials.attach(ex, self.token)  # type: ignore[union-attr]
         ex.attempts = 1
         ex.breaker_state = self.breaker_state
+        if self.upstream_query is not None:
+            ex.upstream_query = dict(self.upstream_query)  # the lane's copy is shared by its cache
         forwarder = lane.forwarder
-        upstream = UpstreamRequest("GET", forwarder.url.raw_path_qs, wire_headers(ex.upstream_headers), b"")
+        upstream = UpstreamRequest("GET", self.upstream_target, wire_headers(ex.upstream_headers), b"")
         done = FastCall(lane.fast, ex, self.token, proto.listener, route, lane.observers, proto.lane_reply)
         forwarder.answered(ex, upstream, self.trial, self.attempt_started, done, answer, error)

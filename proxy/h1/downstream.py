@@ -34,6 +34,12 @@ class BodyIncomplete(DownstreamError):
         return "The request body did not arrive complete."
 
 
+def parse_query(query_string: str) -> MultiDictProxy[str]:
+    """A raw query string as ``Downstream.query`` gives it (yarl's parsing: ``+`` is a space,
+    escapes decoded, a repeated name keeps every value and ``[name]`` is the first)."""
+    return URL.build(query=None, query_string=query_string, encoded=True).query if query_string else _EMPTY_QUERY
+
+
 def split_target(target: str) -> tuple[str, str, str]:
     """(decoded path, raw path, raw query string) of a request target in any of the four forms."""
     if target[:1] == "/" and "?" not in target and "%" not in target and "#" not in target:
@@ -97,8 +103,7 @@ class H1Request:
     @property
     def query(self) -> Mapping[str, str]:
         if self._query is None:
-            qs = self.query_string
-            self._query = URL.build(query=None, query_string=qs, encoded=True).query if qs else _EMPTY_QUERY
+            self._query = parse_query(self.query_string)
         return self._query
 
     async def read_body(self, limit: int) -> bytes:

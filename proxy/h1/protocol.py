@@ -238,9 +238,10 @@ class H1Protocol(asyncio.Protocol):
         url = self._url
         raw_target = url[0] if len(url) == 1 else b"".join(url)
         if self._active is None and not self._queue:  # nothing before it to answer first
-            lane = self._listener.lane(raw_target)
+            query = raw_target.find(b"?")
+            lane = self._listener.lane(raw_target if query < 0 else raw_target[:query])
             if lane is not None and parser.get_method() == b"GET":
-                call = lane.prepare(self, self._headers, raw_target, parser.should_keep_alive(), parser.get_http_version)
+                call = lane.prepare(self, self._headers, raw_target, query, parser.should_keep_alive(), parser.get_http_version)
                 if call is not None:
                     self._lane = call
                     return

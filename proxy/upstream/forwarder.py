@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Mapping
 from functools import partial
 
 from yarl import URL
@@ -312,8 +313,12 @@ class Forwarder:
                 return URL.build(path=path, encoded=True).with_query(ex.upstream_query).raw_path_qs
             return path
         if ex.upstream_query:
-            return self.url.with_query(ex.upstream_query).raw_path_qs
+            return self.query_target(ex.upstream_query)
         return self._raw_path
+
+    def query_target(self, query: Mapping[str, str]) -> str:
+        """The partner target of an exact route with the allow-listed query (``proxy.lane`` too)."""
+        return self.url.with_query(query).raw_path_qs
 
     def _status_label(self, status: int) -> str:
         label = self._status_label_cache.get(status)
