@@ -101,6 +101,15 @@ class Resources:
             self._stores[config] = RedisTokenStore.from_config(config, self.metrics)
         return self._stores[config]
 
+    async def prepare_store(self, config: TokenCacheConfig) -> None:
+        """Build the store of a ``token_cache`` the running set does not have, in a thread, before
+        a build asks for it: parsing a TLS URL stats its files, and the client's TLS context reads
+        the CA bundle and the client certificate (milliseconds the loop must not stop for). A
+        build that is then discarded leaves it unused: the next commit drops it, as any other."""
+        if config not in self._stores:
+            store = await asyncio.to_thread(RedisTokenStore.from_config, config, self.metrics)
+            self._stores.setdefault(config, store)
+
     def cluster(self, config: ClusterConfig, staged: Staged) -> Cluster:
         known = self._clusters.get(config.name)
         if known is not None and known[0] == config:

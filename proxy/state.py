@@ -69,6 +69,8 @@ class ProxyState:
             staged = Staged()
             try:
                 loaded = await asyncio.to_thread(load_config, routes_path, errors_path)
+                if loaded.proxy.credentials:  # providers take a store: a new one is built off the loop
+                    await self.resources.prepare_store(loaded.proxy.token_cache)
                 runtime = compile_runtime(loaded, self.resources, staged)
                 if runtime.notifications != self.current().notifications:
                     await self.replace_notifier(Notifier(runtime.notifications, self.metrics))

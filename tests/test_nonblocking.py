@@ -100,3 +100,22 @@ async def test_a_tls_token_cache_makes_no_blocking_calls(aiohttp_client: Any, sa
     finally:
         await check.aclose()
     assert isinstance(stored, bytes) and rig.partner.tokens_issued[-1] in stored.decode()
+
+
+@pytest.mark.redis_topology
+async def test_a_reload_onto_a_tls_token_cache_builds_its_context_off_the_loop(
+    aiohttp_client: Any, sandbox: TestServer, tls_redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reload that changes ``token_cache`` builds the new Redis client, whose TLS context reads
+    the CA bundle and the client certificate: in a thread, not on the loop that serves."""
+    base = str(sandbox.make_url("")).rstrip("/")
+    rig = await make_rig(aiohttp_client, sandbox, shipped_config(base))  # no Redis yet
+    assert (await rig.get()).status == 200
+    for name, value in sandbox_env(base, tls_redis_url).items():  # a reload reads the process env
+        monkeypatch.setenv(name, value)
+    with no_blocking_calls(["proxy"]):
+        assert await rig.state.reload(str(rig.state.loaded.routes_path), str(ERRORS))
+        rig.partner.revoke_all()  # the next request renews its token: through the new TLS store
+        assert (await rig.get()).status == 200
+    text = await (await rig.admin.get("/metrics")).text()
+    assert metric_value(text, "partner_proxy_redis_errors_total") == 0
