@@ -703,3 +703,29 @@ def test_token_repr_hides_value() -> None:
     assert "super-secret-token" not in repr(t)
     assert "super-secret-token" not in str(t)
     assert "123.0" in repr(t) and "fetch" in repr(t)
+
+
+class _TornDownClient:
+    """A client whose every command fails as redis-py's asyncio connection does when it is torn
+    down during its handshake: an AttributeError, not a RedisError."""
+
+    def register_script(self, script: str) -> Callable[..., Any]:
+        return self._fail
+
+    async def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    get = set = delete = _fail
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_client_library_error_is_a_redis_failure_not_a_request_failure() -> None:
+    metrics = Metrics()
+    store = RedisTokenStore(_TornDownClient(), TokenCacheConfig(redis_url=Secret("redis://127.0.0.1:1")), metrics, where="redis://127.0.0.1:1")  # type: ignore[arg-type]
+    read = await store.get("tokopedia", 100.0)
+    assert read.grant is None and not read.ok
+    await store.set("tokopedia", Grant("t", 100.0, 3700.0), 100.0)  # swallowed, counted
+    assert sample(metrics, "partner_proxy_redis_errors_total", op="get") == 1
+    assert sample(metrics, "partner_proxy_redis_errors_total", op="set") == 1

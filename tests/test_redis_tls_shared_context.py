@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,19 @@ async def burst(client: RedisClient, n: int = 8) -> None:
     (and Cluster one per node the keys' slots live on). At most ``POOL_SIZE``: a cluster node
     refuses more than that at once (MaxConnectionsError) instead of waiting."""
     keys = [f"partner-proxy:token:tls-ctx-{i}" for i in range(n)]
-    await asyncio.gather(*(client.set(k, "v", px=60_000) for k in keys))
-    assert await asyncio.gather(*(client.get(k) for k in keys)) == [b"v"] * n
+    await asyncio.gather(*(_once_more(partial(client.set, k, "v", px=60_000)) for k in keys))
+    assert await asyncio.gather(*(_once_more(partial(client.get, k)) for k in keys)) == [b"v"] * n
+
+
+async def _once_more(command: Callable[[], Awaitable[Any]]) -> Any:
+    """One more try after redis-py's own race: its asyncio connection raises AttributeError
+    ('NoneType' object has no attribute 'writelines') when a connection is torn down during its
+    handshake (about 1 run in 30 of the Cluster case, redis-py 8.1). The sidecar's token store
+    counts that as a Redis failure (tests/test_oauth.py); these tests are about TLS contexts."""
+    try:
+        return await command()
+    except AttributeError:
+        return await command()
 
 
 def assert_one_context(conns: list[Any], at_least: int) -> ssl.SSLContext:

@@ -33,7 +33,6 @@ import uuid
 from typing import Final, Literal, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from proxy.config.models import TokenCacheConfig
 from proxy.config.redis_url import parse_redis_url
@@ -42,8 +41,13 @@ from proxy.oauth.redis_client import RedisClient, TlsFiles, build_client_and_tls
 from proxy.oauth.token import Grant
 
 # Every way a Redis call can fail. redis' TimeoutError/ConnectionError are RedisErrors; the
-# builtin TimeoutError (asyncio's, in 3.11) is an OSError.
-_REDIS_FAILURES: Final = (RedisError, OSError)
+# builtin TimeoutError (asyncio's, in 3.11) is an OSError; and any other exception from the
+# client is a Redis failure too: the token cache is optional, so a request never
+# fails because of it. Not only RedisError and OSError: redis-py's asyncio connection raises
+# AttributeError ('NoneType' object has no attribute 'writelines') when a connection is torn down
+# during its handshake (seen with Cluster and TLS under concurrent commands, redis-py 8.1). The
+# try blocks hold only the client call.
+_REDIS_FAILURES: Final = (Exception,)
 
 # Write only if nothing newer is stored: two replicas finishing fetches in either order, or a slow
 # fetch finishing late, must not replace a later token with an earlier one.
