@@ -102,6 +102,8 @@ _NOT_HERE = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upg
 _CONNECTION = frozenset((b"keep-alive", b"close"))
 _SPACE = bytes(c for c in range(128) if chr(c).isspace())  # what the ordinary path's str.strip() strips
 _ENCODING = b"Accept-Encoding: identity\r\n"
+# A partner request's start: the request line and Host, the target, the allow-listed query
+_Target = tuple[bytes, str, dict[str, str] | None]
 # what the proxy itself sets on the partner request (a route header of that name is replaced)
 _OURS = frozenset(("accept-encoding", "x-request-id", "traceparent", "tracestate", "authorization", "date"))
 
@@ -116,7 +118,7 @@ class LaneRoute:
 
     __slots__ = (
         "route", "fast", "forwarder", "validate", "credentials", "provider", "breaker", "pool", "timeout",
-        "observers", "metrics", "line", "_drop", "_set", "_head", "_tail", "_pass_back", "_host", "_queries",
+        "observers", "metrics", "line", "_drop", "_set", "_tail", "_pass_back", "_host", "_plain", "_queries",
     )
 
     def __init__(self, route: CompiledRoute, fast: FastRoute, observers: tuple[Observer, ...], metrics: RequestMetrics, line: SuccessLine | None) -> None:
@@ -138,10 +140,12 @@ class LaneRoute:
         self._set = frozenset(name.lower().encode("ascii") for name, _ in route.set_headers)
         self._drop = _DROP | self._set
         self._host = f" HTTP/1.1\r\nHost: {pool.host_header}\r\n".encode("ascii")
-        self._head = b"GET " + forwarder.url.raw_path_qs.encode("ascii") + self._host
-        # query string -> (request line and Host, partner target, the allow-listed query): apps
-        # repeat a few queries (a product code); bounded, so one minting queries gets no cache
-        self._queries: dict[bytes, tuple[bytes, str, dict[str, str] | None]] = {}
+        # (request line and Host, partner target, the allow-listed query) without a query string,
+        # and per query string: apps repeat a few queries (a product code); bounded, so one minting
+        # queries gets no cache
+        target = forwarder.url.raw_path_qs
+        self._plain: _Target = (b"GET " + target.encode("ascii") + self._host, target, None)
+        self._queries: dict[bytes, _Target] = {}
         self._tail = "".join(f"{name}: {value}\r\n" for name, value in route.set_headers).encode("ascii") + _ENCODING
         self._pass_back = frozenset(name.encode("ascii") for name in forwarder.pass_back)
 
@@ -180,17 +184,11 @@ class LaneRoute:
         keeps alive without a Connection header. ``query`` is the index of the target's ``?`` (-1:
         none); the target before it is the route's path."""
         started = perf_counter()
-        upstream_target = self.forwarder.url.raw_path_qs
-        upstream_query: dict[str, str] | None = None
-        if query < 0:
-            head = self._head
-        else:
-            with_query = self._with_query(target[query + 1:])
-            if with_query is None:
-                return None
-            head, upstream_target, upstream_query = with_query
+        upstream = self._plain if query < 0 else self._with_query(target[query + 1:])
+        if upstream is None:
+            return None
         seen: dict[bytes, bytes] = {}
-        parts = [head]
+        parts = [upstream[0]]
         drop = self._drop
         for name, value in raw:
             lname = name.lower()
@@ -213,12 +211,9 @@ class LaneRoute:
             return None
         parts.append(self._tail)
         version = "1.1" if keep_alive and connection is None else http_version()
-        call = LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target)
-        call.upstream_target = upstream_target
-        call.upstream_query = upstream_query
-        return call
+        return LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target, upstream[1], upstream[2])
 
-    def _with_query(self, qs: bytes) -> tuple[bytes, str, dict[str, str] | None] | None:
+    def _with_query(self, qs: bytes) -> _Target | None:
         """The partner request line for a query string, as the ordinary path builds its target
         (``Listener._exchange``'s allow-listed ``upstream_query``, ``Forwarder.query_target``);
         None for what the lane leaves to it (a fragment, non-ASCII bytes)."""
@@ -227,19 +222,16 @@ class LaneRoute:
             return hit
         if b"#" in qs or not qs.isascii():
             return None
-        forwarder = self.forwarder
-        target = forwarder.url.raw_path_qs
-        upstream_query: dict[str, str] | None = None
+        entry = self._plain  # the ordinary path drops a query the route's allow-list has none of
         names = self.route.query
-        if names:
-            query = parse_query(qs.decode("ascii"))
-            if query:
-                upstream_query = {name: query[name] for name in names if name in query}
-                if upstream_query:
-                    target = forwarder.query_target(upstream_query)
-        if not target.isascii():
-            return None
-        entry = (b"GET " + target.encode("ascii") + self._host, target, upstream_query)
+        query = parse_query(qs.decode("ascii")) if names else None
+        if query:
+            upstream_query = {name: query[name] for name in names if name in query}
+            if upstream_query:
+                target = self.forwarder.query_target(upstream_query)  # yarl's quoting: ASCII
+                entry = (b"GET " + target.encode("ascii") + self._host, target, upstream_query)
+            else:
+                entry = (entry[0], entry[1], upstream_query)  # {}: what Listener._exchange sets
         if len(self._queries) < 1024:
             self._queries[qs] = entry
         return entry
@@ -266,6 +258,7 @@ class LaneCall:
     def __init__(
         self, proto: H1Protocol, lane: LaneRoute, raw: list[tuple[bytes, bytes]], parts: list[bytes],
         seen: dict[bytes, bytes], keep_alive: bool, version: str, started: float, target: bytes,
+        upstream_target: str, upstream_query: dict[str, str] | None,
     ) -> None:
         self.proto = proto
         self.lane = lane
@@ -276,8 +269,8 @@ class LaneCall:
         self.version = version
         self.started = started
         self.target = target
-        self.upstream_target = lane.forwarder.url.raw_path_qs  # with the allow-listed query, if any
-        self.upstream_query: dict[str, str] | None = None
+        self.upstream_target = upstream_target  # the partner target, with the allow-listed query
+        self.upstream_query = upstream_query
         self.token: Token | None = None
         self.trial = False
         self.attempt_started = 0.0

@@ -40,13 +40,11 @@ from proxy.metrics import Metrics
 from proxy.oauth.redis_client import RedisClient, TlsFiles, build_client_and_tls, failure_reason
 from proxy.oauth.token import Grant
 
-# Every way a Redis call can fail. redis' TimeoutError/ConnectionError are RedisErrors; the
-# builtin TimeoutError (asyncio's, in 3.11) is an OSError; and any other exception from the
-# client is a Redis failure too: the token cache is optional, so a request never
-# fails because of it. Not only RedisError and OSError: redis-py's asyncio connection raises
+# Every way a Redis call can fail: any exception from the client. The token cache is optional, so
+# a request never fails because of it, and the try blocks hold only the client call. Not only
+# RedisError and OSError (asyncio's TimeoutError in 3.11): redis-py's asyncio connection raises
 # AttributeError ('NoneType' object has no attribute 'writelines') when a connection is torn down
-# during its handshake (seen with Cluster and TLS under concurrent commands, redis-py 8.1). The
-# try blocks hold only the client call.
+# during its handshake (seen with Cluster and TLS under concurrent commands, redis-py 8.1).
 _REDIS_FAILURES: Final = (Exception,)
 
 # Write only if nothing newer is stored: two replicas finishing fetches in either order, or a slow
