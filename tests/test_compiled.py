@@ -6,6 +6,7 @@ as a slower sidecar."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -44,3 +45,28 @@ def test_a_compiled_module_older_than_its_source_is_refused(tmp_path: Path) -> N
     os.utime(built, None)  # rebuilt: newer than the source
     os.utime(source, (1_000_000, 1_000_000))
     assert subprocess.run([sys.executable, "-c", "import proxy"], cwd=tree, capture_output=True).returncode == 0
+
+
+
+def _build_requires(compile_: bool) -> list[str]:
+    """What setuptools' PEP 517 backend tells pip to install before building this tree (pip calls
+    the same hook inside its isolated build environment)."""
+    env = {k: v for k, v in os.environ.items() if k != "PARTNER_PROXY_COMPILE"}
+    if not compile_:
+        env["PARTNER_PROXY_COMPILE"] = "0"
+    proc = subprocess.run([sys.executable, "-c", "import json, setuptools.build_meta as b; "
+                           "print(json.dumps(b.get_requires_for_build_wheel()))"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_a_compiling_build_asks_pip_for_the_runtime_dependencies_first() -> None:
+    """mypyc type-checks against aiohttp, redis, httptools ...: on a machine where nothing is
+    installed yet, `pip install .` must put them into the build environment, or mypy stops with one
+    "Cannot find implementation or library stub" per import (seen on a fresh machine). Asking
+    compiles nothing, and the pure-Python build asks for none of them."""
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    compiling = _build_requires(True)
+    assert [dep for dep in runtime if dep not in compiling] == [], compiling
+    assert [dep for dep in runtime if dep in _build_requires(False)] == []
