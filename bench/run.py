@@ -501,7 +501,9 @@ class Bench:
 
     # ---- setup
 
-    def start_all(self) -> None:
+    def start_partner(self) -> str:
+        """The upstream nginx (the partner: token, product list, the extra routes) and the redis-server
+        the sidecars share; returns the upstream's base URL. bench/scaling.py starts these too."""
         a = self.args
         up_port = free_port()
         self.extra = extra_routes(self.tmp)
@@ -519,6 +521,12 @@ class Bench:
                                  cpu=a.aux_cpu, stderr_path=self.tmp / "redis.stderr")
         self._wait_redis(redis)
         self.servers.append(redis)
+        return up
+
+    def start_all(self) -> None:
+        a = self.args
+        up = self.start_partner()
+        up_port = int(up.rsplit(":", 1)[1])
 
         p = free_port()
         conf = nginx_conf(self.tmp, "proxy", p, proxy_nginx_body(p, up_port))
@@ -565,7 +573,7 @@ class Bench:
             + ", ".join(f"{t.name} :{t.url.split(':')[2].split('/')[0]} (admin :{t.admin_port})" for t in self.targets if t.admin_port)
             + (f", OTLP sink {self.sink_url}" if a.tracing else "") + f"; pinning {'on' if self.pin else 'off'}")
 
-    def _start_sidecar(self, name: str, up: str, extra: dict[str, str] | None = None) -> Target:
+    def _start_sidecar(self, name: str, up: str, extra: dict[str, str] | None = None, workers: int | None = None) -> Target:
         a = self.args
         p, admin = free_port(), free_port()
         env = child_env({
@@ -587,7 +595,7 @@ class Bench:
         commlog = open(os.devnull, "wb") if a.commlog == "devnull" else open(commlog_path, "wb")  # noqa: SIM115
         try:
             child = self.procs.start(name, [sys.executable, "-m", "proxy", "serve", "--config", a.config, "--errors", a.errors,
-                                            "--workers", str(a.workers)],
+                                            "--workers", str(workers or a.workers)],
                                      cpu=a.server_cpu, env=env, stdout=commlog,
                                      stderr_path=self.tmp / ("sidecar.stderr" if primary else f"sidecar-{name}.stderr"),
                                      # SIGTERM starts the drain (drain_timeout), a second one ends it at once.
@@ -1029,6 +1037,7 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         goal(None if rps_x is None else rps_x >= 0.4, f"throughput ≥ 0.4× nginx's (×{fmt(rps_x, '.3f')})"),
         goal(None if added99 is None else added99 <= 0.5, f"added p99 at {a.rate:g} req/s ≤ +0.5 ms ({fmt(added99, '+.3f')} ms)"),
         goal(None if pp["redis_per_req"] is None else pp["redis_per_req"] < 0.001, f"0 Redis commands per request ({fmt(pp['redis_per_req'], '.4f')})"),
+        goal(None, "`serve --workers 2` ≥ 1.7× one worker: measured by `python bench/scaling.py` (equal CPU budgets per worker), not here"),
     ]
     mem = bench.memory
     rss = f"RSS {fmt(mem.get('rss_start_mib'), '.1f')} MiB at start → {fmt(mem.get('rss_after_runs_mib'), '.1f')} MiB after {mem.get('requests_before_rss_after', 0):,} measured requests"
