@@ -133,7 +133,10 @@ class Server:
         """The running config's, not the start-up one's: a reload may have changed it."""
         return self.state.current().drain_timeout if self.state.runtime is not None else self.loaded.proxy.drain_timeout
 
-    async def run(self, routes_path: str, errors_path: str, *, on_ready: Callable[[], None] | None = None) -> int:
+    async def run(self, routes_path: str, errors_path: str, *, on_ready: Callable[[], None] | None = None,
+                  pending_signal: Callable[[], int | None] | None = None) -> int:
+        """Serve until drained. ``pending_signal`` says which stop signal, if any, came before the
+        loop's handlers were installed (``serve.StartupSignals``): it is honoured once they are."""
         loop = asyncio.get_running_loop()
         reload_tasks: set[asyncio.Task[bool]] = set()
         started = False
@@ -152,6 +155,8 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        if pending_signal is not None and (signum := pending_signal()) is not None:
+            self.on_signal(signum)  # it came between the start-up handlers and these
         try:
             await self.start()
         except BaseException:

@@ -6,6 +6,7 @@ Covers the lifecycle (readiness, drain, reload) and the token lifecycle across r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -410,6 +411,87 @@ async def test_sigterm_while_the_workers_start_is_a_clean_exit(sandbox: TestServ
             assert sidecar.proc.poll() is None, sidecar.stderr()
             assert asyncio.get_running_loop().time() < deadline, "the supervisor did not start its workers"
             await asyncio.sleep(0.01)
+        sidecar.signal(signal.SIGTERM)
+        assert await sidecar.wait() == 0, sidecar.stderr()
+    finally:
+        sidecar.kill()
+        shutil.rmtree(sidecar.dir, ignore_errors=True)
+
+
+# `partner-proxy serve` with one function wrapped so that it sends the process a signal first:
+# a signal that arrives at exactly that point of the start-up.
+SIGNAL_DURING = """
+import os, signal, sys
+import {module} as target
+original = target.{name}
+def sends_first(*args, **kwargs):
+    os.kill(os.getpid(), signal.{sig})
+    return original(*args, **kwargs)
+target.{name} = sends_first
+from proxy.cli import main
+sys.exit(main())
+"""
+
+
+def _serve_with_signal(sidecar: Sidecar, where: str, sig: str) -> subprocess.Popen[bytes]:
+    module, name = where.rsplit(".", 1)
+    sidecar.proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_DURING.format(module=module, name=name, sig=sig),
+         "serve", "--config", str(sidecar.routes), "--errors", str(sidecar.errors)],
+        cwd=ROOT, env=sidecar.env, stdout=sidecar.stdout_path.open("wb"), stderr=sidecar.stderr_path.open("wb"),
+    )
+    return sidecar.proc
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+async def test_a_stop_signal_while_the_config_is_read_is_a_clean_exit(sandbox: TestServer, sig: str) -> None:
+    """One process, before its event loop exists: the signal's default action would end it with
+    exit -15 (a crash to Kubernetes) or a KeyboardInterrupt traceback. Nothing is served yet, so
+    it stops with exit 0 and says why."""
+    sidecar = Sidecar(base(sandbox))
+    try:
+        _serve_with_signal(sidecar, "proxy.serve.load_config", sig)
+        assert await sidecar.wait() == 0, sidecar.stderr()
+        err = sidecar.stderr()
+        assert f"signal {sig} while starting: stopped before serving" in err and "Traceback" not in err, err
+    finally:
+        sidecar.kill()
+        shutil.rmtree(sidecar.dir, ignore_errors=True)
+
+
+async def test_a_stop_signal_just_before_the_loop_takes_the_signals_drains_once_started(
+        sandbox: TestServer, session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Inside the loop but before Server.run's handlers: remembered by the start-up handler and
+    honoured as the loop's own, a drain with nothing in flight (readyz 503), then exit 0."""
+    sidecar = Sidecar(base(sandbox), routes=patched_routes(tmp_path, {"drain_timeout: 5s": "drain_timeout: 1s"}))
+    try:
+        _serve_with_signal(sidecar, "proxy.logsetup.install_loop_handler", "SIGTERM")
+        assert await sidecar.wait() == 0, sidecar.stderr()
+        err = sidecar.stderr()
+        assert "signal SIGTERM: draining for 1.0s" in err and "Traceback" not in err, err
+    finally:
+        sidecar.kill()
+        shutil.rmtree(sidecar.dir, ignore_errors=True)
+
+
+async def test_a_sighup_while_the_config_is_read_is_ignored(sandbox: TestServer, session: aiohttp.ClientSession) -> None:
+    """SIGHUP's default action is to end the process; during start-up it is ignored instead, and
+    the sidecar comes up and serves."""
+    sidecar = Sidecar(base(sandbox))
+    try:
+        _serve_with_signal(sidecar, "proxy.serve.load_config", "SIGHUP")
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            assert sidecar.proc is not None and sidecar.proc.poll() is None, f"exited {sidecar.proc.returncode if sidecar.proc else None}: {sidecar.stderr()}"
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(sidecar.admin + "/readyz") as r:
+                    if r.status == 200:
+                        break
+            assert asyncio.get_running_loop().time() < deadline, sidecar.stderr()
+            await asyncio.sleep(0.05)
+        status, _ = await get_products(session, sidecar)
+        assert status == 200
+        sidecar.signal(signal.SIGTERM)
         sidecar.signal(signal.SIGTERM)
         assert await sidecar.wait() == 0, sidecar.stderr()
     finally:
