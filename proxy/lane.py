@@ -11,7 +11,8 @@ module keeps the bytes:
   the lines the partner gets (``proxy.headers.DROP_HEADERS`` and the route's own names dropped);
 - the route's checks are ``ValidateRequest.accepts_raw``, the same rules on bytes;
 - the partner request is one join: the route's request line and ``Host`` (encoded once), the app's
-  kept lines, the route's headers and ``Accept-Encoding`` (encoded once), the request id and
+  kept lines, the route's headers, a fresh ``Date`` when the route sends one (``HttpDate``, encoded
+  once a second) and ``Accept-Encoding`` (encoded once), the request id and
   trace context (``proxy.tracing``'s own functions), ``Authorization`` (encoded once per token by
   ``InjectCredentials.auth_line``). Same headers, same order, same bytes as ``upstream_headers``
   + ``wire_headers`` + ``Http11Pool.request_bytes`` (``tests/test_lane.py`` compares them);
@@ -29,7 +30,7 @@ Everything else is the existing code's, so that there is one behaviour:
   put on the partner target as the ordinary path puts it: ``parse_query``, the route's
   allow-list, ``Forwarder.query_target``), a repeated header name, a ``Connection`` header other
   than ``keep-alive`` or ``close`` (one that names headers), ``Expect``/``Upgrade``/framing
-  headers, a header the route sets, a check that fails (the ordinary path
+  headers, a header the route sets (or ``Date``, on a route that sends its own), a check that fails (the ordinary path
   renders the 4xx), non-ASCII bytes, no token in memory, no idle connection or slot, a breaker
   that is not closed, a request pipelined behind another one.
 - After sending, every outcome but a 200-202 with clean pass-back headers (a partner error, a
@@ -39,7 +40,7 @@ Everything else is the existing code's, so that there is one behaviour:
   rewrite and the envelope.
 
 A route has a lane (``LaneRoute.of``) when its callback path has no ``verify`` filter, its path
-is exact and plain ASCII, it sends no ``Date``, and the runtime has tracing off and a plain log
+is exact and plain ASCII, and the runtime has tracing off and a plain log
 policy (nothing scrubbed, no bodies, no debug records).
 """
 
@@ -55,7 +56,7 @@ from proxy.errors import ProxyError
 from proxy.exchange import Downstream, Exchange
 from proxy.fastpath import FastCall, FastRoute
 from proxy.h1.downstream import parse_query
-from proxy.headers import DROP_HEADERS, answer_lines, upstream_headers, wire_headers
+from proxy.headers import DROP_HEADERS, HttpDate, answer_lines, upstream_headers, wire_headers
 from proxy.oauth.token import Token
 from proxy.reply import Reply, error_reply
 from proxy.request_metrics import RequestMetrics
@@ -113,12 +114,31 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
 
 
+class DateLine:
+    """The ``Date`` line of a route that sends one (``upstream.date``): ``HttpDate``'s value, the
+    ordinary path's, encoded once per second."""
+
+    __slots__ = ("_date", "text", "_line")
+
+    def __init__(self) -> None:
+        self._date = HttpDate()
+        self.text = ""
+        self._line = b""
+
+    def __call__(self) -> bytes:
+        text = self._date()
+        if text is not self.text:  # HttpDate hands out the same str object all second
+            self.text = text
+            self._line = b"Date: " + text.encode("ascii") + b"\r\n"
+        return self._line
+
+
 class LaneRoute:
     """One exact route's lane, compiled with its runtime from the objects its callback path uses."""
 
     __slots__ = (
         "route", "fast", "forwarder", "validate", "credentials", "provider", "breaker", "pool", "timeout",
-        "observers", "metrics", "line", "_drop", "_set", "_tail", "_pass_back", "_host", "_plain", "_queries",
+        "observers", "metrics", "line", "_drop", "_set", "_tail", "_set_lines", "_date", "_pass_back", "_host", "_plain", "_queries",
     )
 
     def __init__(self, route: CompiledRoute, fast: FastRoute, observers: tuple[Observer, ...], metrics: RequestMetrics, line: SuccessLine | None) -> None:
@@ -137,8 +157,11 @@ class LaneRoute:
         self.observers = observers
         self.metrics = metrics
         self.line = line  # None: the log level writes no partner_call records
-        self._set = frozenset(name.lower().encode("ascii") for name, _ in route.set_headers)
+        # the app's headers the ordinary path replaces in place: the route's own, and Date when the
+        # route sends a fresh one (a request carrying one goes to it: another order on the wire)
+        self._set = frozenset(name.lower().encode("ascii") for name, _ in route.set_headers) | ({b"date"} if route.date else set())
         self._drop = _DROP | self._set
+        self._date = DateLine() if route.date else None
         self._host = f" HTTP/1.1\r\nHost: {pool.host_header}\r\n".encode("ascii")
         # (request line and Host, partner target, the allow-listed query) without a query string,
         # and per query string: apps repeat a few queries (a product code); bounded, so one minting
@@ -146,14 +169,16 @@ class LaneRoute:
         target = forwarder.url.raw_path_qs
         self._plain: _Target = (b"GET " + target.encode("ascii") + self._host, target, None)
         self._queries: dict[bytes, _Target] = {}
-        self._tail = "".join(f"{name}: {value}\r\n" for name, value in route.set_headers).encode("ascii") + _ENCODING
+        # upstream_headers' order: the app's lines, the route's, Date, Accept-Encoding, the ids
+        self._set_lines = "".join(f"{name}: {value}\r\n" for name, value in route.set_headers).encode("ascii")
+        self._tail = self._set_lines + _ENCODING
         self._pass_back = frozenset(name.encode("ascii") for name in forwarder.pass_back)
 
     @classmethod
     def of(cls, route: CompiledRoute, observers: tuple[Observer, ...], metrics: RequestMetrics, access: AccessLog, tracing_on: bool) -> LaneRoute | None:
         """The route's lane, or None when some part of it would behave differently on bytes."""
         fast = route.fast
-        if type(fast) is not FastRoute or fast.verify is not None or tracing_on or route.date:
+        if type(fast) is not FastRoute or fast.verify is not None or tracing_on:
             return None
         if access.debug or (access.enabled and not access.plain):
             return None  # partner_call_start records, or a policy that scrubs or captures bodies
@@ -209,9 +234,17 @@ class LaneRoute:
                 return None
         if self.validate is not None and not self.validate.accepts_raw("GET", seen):
             return None
-        parts.append(self._tail)
+        date = self._date
+        if date is None:
+            parts.append(self._tail)
+            sent_date = None
+        else:
+            parts.append(self._set_lines)
+            parts.append(date())
+            parts.append(_ENCODING)
+            sent_date = date.text
         version = "1.1" if keep_alive and connection is None else http_version()
-        return LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target, upstream[1], upstream[2])
+        return LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target, upstream[1], upstream[2], sent_date)
 
     def _with_query(self, qs: bytes) -> _Target | None:
         """The partner request line for a query string, as the ordinary path builds its target
@@ -252,13 +285,13 @@ class LaneCall:
 
     __slots__ = (
         "proto", "lane", "raw", "parts", "seen", "keep_alive", "version", "started", "target",
-        "upstream_target", "upstream_query", "token", "trial", "attempt_started", "breaker_state", "request_id", "traceparent", "tracestate",
+        "upstream_target", "upstream_query", "date", "token", "trial", "attempt_started", "breaker_state", "request_id", "traceparent", "tracestate",
     )
 
     def __init__(
         self, proto: H1Protocol, lane: LaneRoute, raw: list[tuple[bytes, bytes]], parts: list[bytes],
         seen: dict[bytes, bytes], keep_alive: bool, version: str, started: float, target: bytes,
-        upstream_target: str, upstream_query: dict[str, str] | None,
+        upstream_target: str, upstream_query: dict[str, str] | None, date: str | None,
     ) -> None:
         self.proto = proto
         self.lane = lane
@@ -271,6 +304,7 @@ class LaneCall:
         self.target = target
         self.upstream_target = upstream_target  # the partner target, with the allow-listed query
         self.upstream_query = upstream_query
+        self.date = date  # the Date sent (a retry after the hand-on re-sends it), or None
         self.token: Token | None = None
         self.trial = False
         self.attempt_started = 0.0
@@ -380,7 +414,7 @@ class LaneCall:
         headers = request.headers
         ex = Exchange(
             request, "GET", self.request_id, route.language(headers.get("Accept-Language")), self.traceparent, self.started,
-            upstream_headers(headers, self.request_id, self.traceparent, self.tracestate, route.set_headers, None),
+            upstream_headers(headers, self.request_id, self.traceparent, self.tracestate, route.set_headers, self.date),
         )
         if self.token is not None:
             lane.credentials.attach(ex, self.token)  # type: ignore[union-attr]

@@ -383,7 +383,9 @@ REQUESTS = {
     "no content type": (request("X-Client-Id: app-1"), False, True, True),
     "HEAD": (request(*BASE, method=b"HEAD"), False, True, True),
     "POST": (request(*BASE, "Content-Length: 2", method=b"POST", body=b"{}"), False, True, True),
-    "another exact path": (request(*BASE, target=b"/v1/balance"), False, True, True),
+    # get_balance: another exact path, with upstream.headers and a fresh Date (upstream.date)
+    "the balance (its own Date)": (request(*BASE, target=b"/v1/balance"), True, True, True),
+    "the balance with the app's Date": (request(*BASE, "Date: Mon, 30 Nov 2026 00:00:00 GMT", target=b"/v1/balance"), False, True, True),
     "a dot segment": (request(*BASE, target=b"/v1/./products"), False, True, True),
 }
 
@@ -450,6 +452,24 @@ async def test_a_retried_query_request_is_sent_again_with_its_query(twins: Twins
         lane, plain, request(*BASE, target=b"/v1/products?product_code=25k-xl"), [answer(503), OK], taken=True, new_trace=True, new_id=True,
     )
     assert len(got.sent) == 2 and all(b"GET /v2/product-list?product_code=25k-xl HTTP/1.1\r\n" in sent for sent in got.sent)
+
+
+BALANCE_LINES = re.compile(rb"Accept: application/json\r\nDate: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\nAccept-Encoding: identity\r\n")
+
+
+@on_http11
+async def test_a_route_that_sends_a_date_sends_it_on_the_lane_and_again_on_a_retry(twins: Twins) -> None:
+    """get_balance sends a fresh Date (upstream.date) between its own headers and Accept-Encoding,
+    as upstream_headers puts it; handed on after a 5xx, the retry carries the Date the lane sent."""
+    lane, plain = await twins()
+    assert b"/v1/balance" in lane.runtime().lanes
+    got, _ = await assert_same(lane, plain, request(*BASE, target=b"/v1/balance"), [jsonapi(500, "S00"), OK], taken=True, new_trace=True, new_id=True)
+    assert len(got.sent) == 2 and all(BALANCE_LINES.search(sent) for sent in got.sent), got.sent
+    first, retry = (_PARTNER_DATE.findall(sent) for sent in got.sent)
+    assert len(first) == 1 and first == retry, "the retry re-sends the Date of the request as the lane sent it"
+    got, _ = await assert_same(lane, plain, request(*BASE, "date: x", target=b"/v1/balance"), [OK], taken=False, new_trace=True, new_id=True)
+    (sent,) = got.sent
+    assert b"date: x" not in sent.lower() and b"X-Client-Id: app-1\r\nDate: " in sent, "the app's Date is replaced, in place"
 
 
 # Connection values: (value, lane taken). The lane takes the two that name no forwarded header.
@@ -1126,7 +1146,7 @@ async def test_the_log_policy_decides_whether_the_route_has_a_lane(tmp_path: Pat
         if not lane:
             assert runtime.lanes == {}
             return
-        assert set(runtime.lanes) == {PRODUCTS}, "get_balance sends a Date, order_status verifies: no lane"
+        assert set(runtime.lanes) == {PRODUCTS, b"/v1/balance"}, "the GETs of exact paths; order_status verifies: no lane"
         found = runtime.lanes[PRODUCTS]
         assert isinstance(found, LaneRoute) and found.route.name == "get_products"
         assert (found.line is not None) == line
