@@ -33,20 +33,75 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
+class Stream:
+    """One URL's requests and what became of them."""
+
+    def __init__(self, url: str, method: str, headers: dict[str, str], payload: bytes | None) -> None:
+        self.url, self.method, self.headers, self.payload = url, method, headers, payload
+        self.latencies: list[float] = []
+        self.lags: list[float] = []
+        self.statuses: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.samples: dict[str, str] = {}
+
+    async def one(self, session: ClientSession, scheduled: float) -> None:
+        start = time.perf_counter()
+        self.lags.append(start - scheduled)
+        try:
+            async with session.request(self.method, self.url, headers=self.headers, data=self.payload) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (TimeoutError, ClientError, OSError) as exc:
+            self.errors[type(exc).__name__] += 1
+            return
+        self.latencies.append(time.perf_counter() - start)
+        self.statuses[str(status)] += 1
+        if not 200 <= status < 300 and str(status) not in self.samples:
+            self.samples[str(status)] = body[:300].decode("utf-8", "replace")
+
+    def result(self, rate: float, sent: int, elapsed: float) -> dict[str, object]:
+        latencies, lags = sorted(self.latencies), sorted(self.lags)
+        ms = lambda v: None if v is None else round(v * 1000.0, 4)
+        ok = sum(n for s, n in self.statuses.items() if s.startswith("2"))
+        return {
+            "url": self.url,
+            "rate": rate,
+            "sent": sent,
+            "completed": len(latencies),
+            "ok": ok,
+            "non_2xx": len(latencies) - ok,
+            "statuses": dict(self.statuses),
+            "errors": dict(self.errors),
+            "samples": self.samples,
+            "achieved_rps": round(sent / elapsed, 1) if elapsed > 0 else None,
+            "p50_ms": ms(percentile(latencies, 50)),
+            "p90_ms": ms(percentile(latencies, 90)),
+            "p99_ms": ms(percentile(latencies, 99)),
+            "p999_ms": ms(percentile(latencies, 99.9)),
+            "max_ms": ms(latencies[-1] if latencies else None),
+            "lag_p50_ms": ms(percentile(lags, 50)),
+            "lag_p99_ms": ms(percentile(lags, 99)),
+        }
+
+
 async def load(url: str, headers: dict[str, str], rate: float, duration: float, warmup: int, timeout: float,
-               method: str = "GET", payload: bytes | None = None) -> dict[str, object]:
-    latencies: list[float] = []
-    lags: list[float] = []
-    statuses: collections.Counter[str] = collections.Counter()
-    errors: collections.Counter[str] = collections.Counter()
-    samples: dict[str, str] = {}
+               method: str = "GET", payload: bytes | None = None, baseline: str | None = None,
+               baseline_headers: dict[str, str] | None = None) -> dict[str, object]:
+    """``baseline``: a second URL (the partner called directly) loaded at the same rate in the same
+    window, each of its requests half an interval after the target's, so that both see the same
+    machine. What the target adds is then read from one window instead of two: on a shared VM the
+    p99 of two separate 10 s windows differs by a few tenths of a millisecond by itself."""
+    streams = [Stream(url, method, headers, payload)]
+    if baseline is not None:
+        streams.append(Stream(baseline, "GET", baseline_headers if baseline_headers is not None else headers, None))
 
     connector = TCPConnector(limit=0, keepalive_timeout=60)
     async with ClientSession(connector=connector, timeout=ClientTimeout(total=timeout)) as session:
         # Open a few keep-alive connections first so connection setup is not measured.
-        for _ in range(warmup):
-            async with session.request(method, url, headers=headers, data=payload) as resp:
-                await resp.read()
+        for stream in streams:
+            for _ in range(warmup):
+                async with session.request(stream.method, stream.url, headers=stream.headers, data=stream.payload) as resp:
+                    await resp.read()
 
         # Client-side GC pauses would be charged to whichever target is running: keep the collector
         # out of the measured window (a few thousand requests allocate little).
@@ -54,61 +109,37 @@ async def load(url: str, headers: dict[str, str], rate: float, duration: float, 
         gc.freeze()
         gc.disable()
 
-        async def one(scheduled: float) -> None:
-            start = time.perf_counter()
-            lags.append(start - scheduled)
-            try:
-                async with session.request(method, url, headers=headers, data=payload) as resp:
-                    body = await resp.read()
-                    status = resp.status
-            except (TimeoutError, ClientError, OSError) as exc:
-                errors[type(exc).__name__] += 1
-                return
-            latencies.append(time.perf_counter() - start)
-            statuses[str(status)] += 1
-            if not 200 <= status < 300 and str(status) not in samples:
-                samples[str(status)] = body[:300].decode("utf-8", "replace")
-
         total = int(rate * duration)
         tasks: set[asyncio.Task[None]] = set()
         t0 = time.perf_counter() + 0.01
+        offsets = [k / (len(streams) * rate) for k in range(len(streams))]
         for i in range(total):
-            scheduled = t0 + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(one(scheduled))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            for stream, offset in zip(streams, offsets):
+                scheduled = t0 + i / rate + offset
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(stream.one(session, scheduled))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         send_end = time.perf_counter()
         if tasks:
             await asyncio.wait(set(tasks), timeout=timeout + 1)
         elapsed = send_end - t0
         gc.enable()
 
-    latencies.sort()
-    lags.sort()
-    ms = lambda v: None if v is None else round(v * 1000.0, 4)
-    ok = sum(n for s, n in statuses.items() if s.startswith("2"))
-    return {
-        "url": url,
-        "rate": rate,
-        "sent": total,
-        "completed": len(latencies),
-        "ok": ok,
-        "non_2xx": len(latencies) - ok,
-        "statuses": dict(statuses),
-        "errors": dict(errors),
-        "samples": samples,
-        "achieved_rps": round(total / elapsed, 1) if elapsed > 0 else None,
-        "p50_ms": ms(percentile(latencies, 50)),
-        "p90_ms": ms(percentile(latencies, 90)),
-        "p99_ms": ms(percentile(latencies, 99)),
-        "p999_ms": ms(percentile(latencies, 99.9)),
-        "max_ms": ms(latencies[-1] if latencies else None),
-        "lag_p50_ms": ms(percentile(lags, 50)),
-        "lag_p99_ms": ms(percentile(lags, 99)),
-    }
+    out = streams[0].result(rate, total, elapsed)
+    if baseline is not None:
+        out["baseline"] = streams[1].result(rate, total, elapsed)
+    return out
+
+
+def _headers(lines: list[str]) -> dict[str, str]:
+    headers = {}
+    for h in lines:
+        name, _, value = h.partition(":")
+        headers[name.strip()] = value.strip()
+    return headers
 
 
 def main() -> int:
@@ -121,11 +152,12 @@ def main() -> int:
     parser.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeatable)")
     parser.add_argument("--method", default="GET", help="request method (default %(default)s)")
     parser.add_argument("--body-file", help="send this file's bytes as the request body")
+    parser.add_argument("--baseline-url", help="also GET this URL at the same rate in the same window, interleaved "
+                        "(its numbers under \"baseline\" in the output)")
+    parser.add_argument("--baseline-header", action="append", default=None,
+                        help="'Name: value' for the baseline's requests (repeatable; default: the -H headers)")
     args = parser.parse_args()
-    headers = {}
-    for h in args.header:
-        name, _, value = h.partition(":")
-        headers[name.strip()] = value.strip()
+    headers, baseline_headers = _headers(args.header), None if args.baseline_header is None else _headers(args.baseline_header)
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:
@@ -136,7 +168,8 @@ def main() -> int:
     if args.body_file:
         with open(args.body_file, "rb") as f:
             payload = f.read()
-    result = asyncio.run(load(args.url, headers, args.rate, args.duration, args.warmup, args.timeout, args.method, payload))
+    result = asyncio.run(load(args.url, headers, args.rate, args.duration, args.warmup, args.timeout, args.method, payload,
+                              args.baseline_url, baseline_headers))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -655,11 +655,17 @@ class Bench:
         res["raw"] = proc.stdout
         return res
 
-    def fixed_rate(self, url: str, route: BenchRoute | None = None) -> dict[str, Any]:
+    def fixed_rate(self, url: str, route: BenchRoute | None = None, baseline: str | None = None) -> dict[str, Any]:
+        """``baseline``: the partner called directly, loaded in the same window, interleaved, so
+        that what a target adds is read from one window (``fixed["baseline"]``)."""
         a = self.args
         argv = [sys.executable, str(BENCH / "fixed_rate.py"), "--url", url, "--rate", f"{a.rate:g}", "--duration", f"{a.rate_duration:g}"]
         for k, v in {**APP_HEADERS, **(route.headers if route else {})}.items():
             argv += ["-H", f"{k}: {v}"]
+        if baseline is not None:
+            argv += ["--baseline-url", baseline]
+            for k, v in APP_HEADERS.items():
+                argv += ["--baseline-header", f"{k}: {v}"]
         if route is not None:
             body = self.tmp / f"body-{re.sub(r'[^A-Za-z0-9]', '_', route.name)}"
             body.write_bytes(route.body)
@@ -708,11 +714,13 @@ class Bench:
         if errors:
             res["wrk_raw"] = run["raw"]
         time.sleep(a.settle)  # let the target finish whatever the closed loop left behind (e.g. log backlog)
-        res["fixed"] = self.fixed_rate(t.url, t.route)
+        direct = self.targets[0]
+        res["fixed"] = self.fixed_rate(t.url, t.route, baseline=None if t is direct else direct.url)
         fx = res["fixed"]
         log(f"rep {rep + 1} {t.name:<14} {run['rps']:>9.0f} req/s  p50 {run.get('p50_ms', 0):.3f} ms  p99 {run.get('p99_ms', 0):.3f} ms  "
             f"{res['cpu_us_per_req']:.1f} us/req (server {res['server_cpu_pct']:.0f}% / upstream {res['upstream_cpu_pct']:.0f}% of a core)  "
             f"@{a.rate:g}/s p50 {fx['p50_ms']} p99 {fx['p99_ms']} ms"
+            + (f" (paired direct p99 {fx['baseline']['p99_ms']} ms)" if "baseline" in fx else "")
             + (f"  BUSY MACHINE: other processes used {res['foreign_cpu_pct']:.0f}% of a core" if res["foreign_cpu_pct"] > FOREIGN_LIMIT else "")
             + (f"  ERRORS: non-2xx {run['non_2xx']}, socket {run['socket_errors']}" if errors else "")
             + (f"  fixed-rate errors: {fx['statuses']} {fx['errors']}" if fx["non_2xx"] or fx["errors"] else ""))
@@ -897,6 +905,10 @@ def summarize(bench: Bench) -> dict[str, dict[str, Any]]:
             "upstream_cpu_pct": med([r["upstream_cpu_pct"] for r in runs]),
             "fx_p50": med([r["fixed"]["p50_ms"] for r in runs]),
             "fx_p99": med([r["fixed"]["p99_ms"] for r in runs]),
+            # the same window's direct calls (fixed_rate.py --baseline-url): target − direct per repetition
+            "paired_p50": med([_paired(r, "p50_ms") for r in runs]),
+            "paired_p99": med([_paired(r, "p99_ms") for r in runs]),
+            "paired_p99_all": [None if (v := _paired(r, "p99_ms")) is None else round(v, 3) for r in runs],
             "fx_all": "; ".join(f"{r['fixed']['p50_ms']:.2f} / {r['fixed']['p90_ms']:.2f} / {r['fixed']['p99_ms']:.2f}" for r in runs if r["fixed"]["p50_ms"] is not None),
             "fx_rps": med([r["fixed"]["achieved_rps"] for r in runs]),
             "fx_lag_p99": med([r["fixed"]["lag_p99_ms"] for r in runs]),
@@ -914,6 +926,14 @@ def summarize(bench: Bench) -> dict[str, dict[str, Any]]:
             "samples": {k: v for r in runs for k, v in r["fixed"].get("samples", {}).items()},
         }
     return out
+
+
+def _paired(run: dict[str, Any], key: str) -> float | None:
+    fixed = run["fixed"]
+    base = fixed.get("baseline")
+    if base is None or fixed.get(key) is None or base.get(key) is None:
+        return None
+    return float(fixed[key]) - float(base[key])
 
 
 def _sum_dicts(ds: list[dict[str, int]]) -> dict[str, int]:
@@ -975,10 +995,11 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         f"## partner-proxy benchmark ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})",
         "",
         (f"Medians of {a.reps} interleaved repetition(s). Closed loop: `wrk -t1 -c{a.connections} -d{a.duration:g}s --latency`. "
-         f"Fixed rate: {a.rate:g} req/s open loop for {a.rate_duration:g} s (bench/fixed_rate.py); added = target − direct."),
+         f"Fixed rate: {a.rate:g} req/s open loop for {a.rate_duration:g} s (bench/fixed_rate.py); added = target − direct, "
+         "from the direct target's own window and, paired, from direct calls made in the same window, interleaved."),
         "",
-        f"| target | req/s | p50 ms | p99 ms | CPU us/req | added p50 / p99 ms at {a.rate:g} rps |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| target | req/s | p50 ms | p99 ms | CPU us/req | added p50 / p99 ms at {a.rate:g} rps | paired: added p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for t in bench.targets:
         s = summary[t.name]
@@ -989,8 +1010,9 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
             ap50 = None if s["fx_p50"] is None or d["fx_p50"] is None else s["fx_p50"] - d["fx_p50"]
             ap99 = None if s["fx_p99"] is None or d["fx_p99"] is None else s["fx_p99"] - d["fx_p99"]
             added = f"{fmt(ap50, '+.3f')} / {fmt(ap99, '+.3f')}"
+        paired = "" if t.name == "direct" else f"{fmt(s['paired_p50'], '+.3f')} / {fmt(s['paired_p99'], '+.3f')}"
         lines.append(f"| {TARGET_LABELS.get(t.name, t.name)}{flag} | {fmt(s['rps'], ',.0f')} | {fmt(s['p50'], '.3f')} | {fmt(s['p99'], '.3f')} | "
-                     f"{fmt(s['cpu'], '.1f')} | {added} |")
+                     f"{fmt(s['cpu'], '.1f')} | {added} | {paired} |")
     pp, bare, ngx = summary["partner-proxy"], summary["bare-aiohttp"], summary["nginx-proxy"]
 
     def ratio(x: float | None, y: float | None, spec: str = ".2f") -> str:
@@ -1035,7 +1057,10 @@ def render(bench: Bench, summary: dict[str, dict[str, Any]], command: str, elaps
         "- goals (issue #16, this run):",
         goal(None if cpu_x is None else cpu_x <= 2.5, f"CPU per request ≤ 2.5× nginx's (×{fmt(cpu_x, '.2f')})"),
         goal(None if rps_x is None else rps_x >= 0.4, f"throughput ≥ 0.4× nginx's (×{fmt(rps_x, '.3f')})"),
-        goal(None if added99 is None else added99 <= 0.5, f"added p99 at {a.rate:g} req/s ≤ +0.5 ms ({fmt(added99, '+.3f')} ms)"),
+        goal(None if pp["paired_p99"] is None else pp["paired_p99"] <= 0.5,
+             f"added p99 at {a.rate:g} req/s ≤ +0.5 ms (paired {fmt(pp['paired_p99'], '+.3f')} ms, per repetition "
+             f"{', '.join(fmt(v, '+.3f') for v in pp['paired_p99_all'])}; nginx's paired {fmt(ngx['paired_p99'], '+.3f')}; "
+             f"from separate windows {fmt(added99, '+.3f')})"),
         goal(None if pp["redis_per_req"] is None else pp["redis_per_req"] < 0.001, f"0 Redis commands per request ({fmt(pp['redis_per_req'], '.4f')})"),
         goal(None, "`serve --workers 2` ≥ 1.7× one worker: measured by `python bench/scaling.py` (equal CPU budgets per worker), not here"),
     ]
