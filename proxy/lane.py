@@ -4,8 +4,8 @@ Why: the callback path (``proxy.fastpath``) costs ~45 us of CPU per request on t
 a minimal Python proxy on the same loop and parsers ~11 us (``bench/run.py``'s floor row). The
 difference is mostly the data model, not the features: headers decoded to ``str`` into a
 ``CIMultiDict`` and back, the partner's header set built per request, a dozen objects and ~250
-calls. For the request that dominates traffic, a ``GET`` of an exact route that answers 2xx, this
-module keeps the bytes:
+calls. For the requests that dominate traffic, a ``GET`` of a route that answers 2xx (the product
+list, the balance, an order's status), this module keeps the bytes:
 
 - the app's headers stay as llhttp gave them; one pass lower-cases each name into a dict and keeps
   the lines the partner gets (``proxy.headers.DROP_HEADERS`` and the route's own names dropped);
@@ -20,7 +20,10 @@ module keeps the bytes:
   (``start_bytes``), the metrics' (``RequestMetrics.record``) and the log's (``SuccessLine``,
   the ``partner_call`` record with the route's constant fields pre-encoded);
 - the answer's pass-back policy is ``proxy.headers.answer_lines`` (``answer_headers`` on bytes),
-  and the reply is ``proxy.h1.response.encode_passed``, byte for byte what ``encode_reply`` gives.
+  and the reply is ``proxy.h1.response.encode_passed``, byte for byte what ``encode_reply`` gives;
+- a template route's path is matched by the route table itself (``Listener.lane``), its partner
+  path filled from the same template (``Forwarder.path_template``); a route that verifies signed
+  answers passes a 200 only when ``VerifyAnswer``'s own verifier accepts its signature.
 
 Everything else is the existing code's, so that there is one behaviour:
 
@@ -34,13 +37,15 @@ Everything else is the existing code's, so that there is one behaviour:
   renders the 4xx), non-ASCII bytes, no token in memory, no idle connection or slot, a breaker
   that is not closed, a request pipelined behind another one.
 - After sending, every outcome but a 200-202 with clean pass-back headers (a partner error, a
-  timeout, a broken connection, a header the app's client would refuse) is handed on: an
+  timeout, a broken connection, a header the app's client would refuse, a 200 whose signature
+  does not verify, which ``VerifyAnswer.check`` then refuses, counted once) is handed on: an
   ``Exchange`` is built for the request as it was sent, and ``Forwarder.answered``, ``FastCall``
   and ``Listener.finish_fast`` take it from there, with retries, token renewal, the errors.yaml
   rewrite and the envelope.
 
-A route has a lane (``LaneRoute.of``) when its callback path has no ``verify`` filter, its path
-is exact and plain ASCII, and the runtime has tracing off and a plain log
+A route has a lane (``LaneRoute.of``) when it has a callback path, its path is plain ASCII (exact
+or a template; a template route's request with a query string or an escape goes to the ordinary
+path), and the runtime has tracing off and a plain log
 policy (nothing scrubbed, no bodies, no debug records).
 """
 
@@ -55,11 +60,13 @@ from proxy.accesslog import AccessLog, SuccessLine
 from proxy.errors import ProxyError
 from proxy.exchange import Downstream, Exchange
 from proxy.fastpath import FastCall, FastRoute
+from proxy.config.templates import parse_template
 from proxy.h1.downstream import parse_query
 from proxy.headers import DROP_HEADERS, HttpDate, answer_lines, upstream_headers, wire_headers
 from proxy.oauth.token import Token
 from proxy.reply import Reply, error_reply
 from proxy.request_metrics import RequestMetrics
+from proxy.routing import match_template
 from proxy.tracing import child_traceparent, forwarded_tracestate, request_id_from
 from proxy.types import CompiledRoute, FastEnd, Observer
 from proxy.upstream.http11 import StrictAnswer
@@ -134,11 +141,12 @@ class DateLine:
 
 
 class LaneRoute:
-    """One exact route's lane, compiled with its runtime from the objects its callback path uses."""
+    """One route's lane, compiled with its runtime from the objects its callback path uses."""
 
     __slots__ = (
         "route", "fast", "forwarder", "validate", "credentials", "provider", "breaker", "pool", "timeout",
-        "observers", "metrics", "line", "_drop", "_set", "_tail", "_set_lines", "_date", "_pass_back", "_host", "_plain", "_queries",
+        "observers", "metrics", "line", "verify", "_signature", "_template", "_path_template",
+        "_drop", "_set", "_tail", "_set_lines", "_date", "_pass_back", "_host", "_plain", "_queries",
     )
 
     def __init__(self, route: CompiledRoute, fast: FastRoute, observers: tuple[Observer, ...], metrics: RequestMetrics, line: SuccessLine | None) -> None:
@@ -173,25 +181,33 @@ class LaneRoute:
         self._set_lines = "".join(f"{name}: {value}\r\n" for name, value in route.set_headers).encode("ascii")
         self._tail = self._set_lines + _ENCODING
         self._pass_back = frozenset(name.encode("ascii") for name in forwarder.pass_back)
+        # a template route (/v1/orders/{request_id}): its parameters, and the partner path they fill
+        self._path_template = forwarder.path_template
+        self._template = parse_template(route.path) if forwarder.path_template is not None else None
+        # a route that verifies the partner's signed 200s (order status): VerifyAnswer's own verifier
+        self.verify = fast.verify
+        self._signature = fast.verify.header.encode("ascii") if fast.verify is not None else b""
 
     @classmethod
     def of(cls, route: CompiledRoute, observers: tuple[Observer, ...], metrics: RequestMetrics, access: AccessLog, tracing_on: bool) -> LaneRoute | None:
         """The route's lane, or None when some part of it would behave differently on bytes."""
         fast = route.fast
-        if type(fast) is not FastRoute or fast.verify is not None or tracing_on:
+        if type(fast) is not FastRoute or tracing_on:
             return None
         if access.debug or (access.enabled and not access.plain):
             return None  # partner_call_start records, or a policy that scrubs or captures bodies
         forwarder = fast.forwarder
         path = route.path
-        if forwarder.path_template is not None or not path.isascii() or any(c in path for c in "%?#"):
+        if not path.isascii() or any(c in path for c in "%?#"):
             return None
         if fast.validate is not None and "GET" not in fast.validate.methods:
             return None
         names = [name.lower() for name, _ in route.set_headers]
         if len(set(names)) != len(names) or not _OURS.isdisjoint(names):
             return None  # upstream_headers replaces such a header in place, and the credential filter too
-        texts = [forwarder.url.raw_path_qs, *(n + v for n, v in route.set_headers), *forwarder.pass_back]
+        texts = [forwarder.url.raw_path_qs, forwarder.path_template or "", *(n + v for n, v in route.set_headers), *forwarder.pass_back]
+        if fast.verify is not None:
+            texts.append(fast.verify.header)
         if not all(t.isascii() for t in texts) or {"content-type", "x-request-id"} & forwarder.pass_back:
             return None  # downstream_headers would replace such a passed header: left to it
         line = access.success_line(route, "GET") if access.enabled else None
@@ -209,9 +225,19 @@ class LaneRoute:
         keeps alive without a Connection header. ``query`` is the index of the target's ``?`` (-1:
         none); the target before it is the route's path."""
         started = perf_counter()
-        upstream = self._plain if query < 0 else self._with_query(target[query + 1:])
-        if upstream is None:
-            return None
+        params: dict[str, str] | None = None
+        if self._template is None:
+            upstream = self._plain if query < 0 else self._with_query(target[query + 1:])
+            if upstream is None:
+                return None
+        else:
+            if query >= 0:
+                return None  # a template route's query: the ordinary path builds that target
+            params = match_template(self._template, target.decode("ascii"))  # ASCII, no escapes: Listener.lane
+            if params is None:
+                return None
+            path = self._path_template.format_map(params)  # type: ignore[union-attr]  # unreserved values
+            upstream = (b"GET " + path.encode("ascii") + self._host, path, None)
         seen: dict[bytes, bytes] = {}
         parts = [upstream[0]]
         drop = self._drop
@@ -244,7 +270,7 @@ class LaneRoute:
             parts.append(_ENCODING)
             sent_date = date.text
         version = "1.1" if keep_alive and connection is None else http_version()
-        return LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target, upstream[1], upstream[2], sent_date)
+        return LaneCall(proto, self, raw, parts, seen, keep_alive, version, started, target, upstream[1], upstream[2], sent_date, params)
 
     def _with_query(self, qs: bytes) -> _Target | None:
         """The partner request line for a query string, as the ordinary path builds its target
@@ -269,15 +295,32 @@ class LaneRoute:
             self._queries[qs] = entry
         return entry
 
+    def signed(self, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """Whether a 200 carries a good signature, as ``VerifyAnswer.check`` decides it: the first
+        header of the route's name, as the ordinary path decodes it (latin-1), over the raw body."""
+        name = self._signature
+        for hname, value in headers:
+            if hname.lower() == name:
+                return self.verify.verifier.verify(body, value.decode("latin-1"))  # type: ignore[union-attr]
+        return False
 
-def compile_lanes(routes: list[CompiledRoute], observers: tuple[Observer, ...], metrics: RequestMetrics, access: AccessLog, tracing_on: bool) -> Mapping[bytes, LaneRoute]:
-    """The runtime's lanes by request target (an exact route's path, as bytes)."""
-    lanes: dict[bytes, LaneRoute] = {}
+
+def compile_lanes(
+    routes: list[CompiledRoute], observers: tuple[Observer, ...], metrics: RequestMetrics, access: AccessLog, tracing_on: bool,
+) -> tuple[Mapping[bytes, LaneRoute], Mapping[str, LaneRoute]]:
+    """The runtime's lanes: an exact route's by its path as bytes (one dict lookup), a template
+    route's by the route's name (``Listener.lane`` asks the route table which route a path is)."""
+    exact: dict[bytes, LaneRoute] = {}
+    templates: dict[str, LaneRoute] = {}
     for route in routes:
         lane = LaneRoute.of(route, observers, metrics, access, tracing_on)
-        if lane is not None:
-            lanes[route.path.encode("ascii")] = lane
-    return lanes
+        if lane is None:
+            continue
+        if lane._template is None:
+            exact[route.path.encode("ascii")] = lane
+        else:
+            templates[route.name] = lane
+    return exact, templates
 
 
 class LaneCall:
@@ -285,13 +328,13 @@ class LaneCall:
 
     __slots__ = (
         "proto", "lane", "raw", "parts", "seen", "keep_alive", "version", "started", "target",
-        "upstream_target", "upstream_query", "date", "token", "trial", "attempt_started", "breaker_state", "request_id", "traceparent", "tracestate",
+        "upstream_target", "upstream_query", "date", "params", "token", "trial", "attempt_started", "breaker_state", "request_id", "traceparent", "tracestate",
     )
 
     def __init__(
         self, proto: H1Protocol, lane: LaneRoute, raw: list[tuple[bytes, bytes]], parts: list[bytes],
         seen: dict[bytes, bytes], keep_alive: bool, version: str, started: float, target: bytes,
-        upstream_target: str, upstream_query: dict[str, str] | None, date: str | None,
+        upstream_target: str, upstream_query: dict[str, str] | None, date: str | None, params: dict[str, str] | None,
     ) -> None:
         self.proto = proto
         self.lane = lane
@@ -305,6 +348,7 @@ class LaneCall:
         self.upstream_target = upstream_target  # the partner target, with the allow-listed query
         self.upstream_query = upstream_query
         self.date = date  # the Date sent (a retry after the hand-on re-sends it), or None
+        self.params = params  # a template route's path parameters
         self.token: Token | None = None
         self.trial = False
         self.attempt_started = 0.0
@@ -368,8 +412,12 @@ class LaneCall:
             assert answer is not None
             status = answer.status
             body = answer.body_bytes()
-            if 200 <= status <= 202:  # UpstreamResponse.ok: what the answer filters let through untouched
-                passed = answer_lines(answer.headers, self.lane._pass_back)
+            lane = self.lane
+            # UpstreamResponse.ok: what the answer filters let through untouched; on a verify route a
+            # 200 only with a good signature (any other 200 is handed on: VerifyAnswer.check refuses
+            # it there, counted and notified once)
+            if 200 <= status <= 202 and (lane.verify is None or status != 200 or lane.signed(answer.headers, body)):
+                passed = answer_lines(answer.headers, lane._pass_back)
                 if passed is not None:
                     self._passed(status, passed[0], passed[1], body)
                     return
@@ -422,6 +470,8 @@ class LaneCall:
         ex.breaker_state = self.breaker_state
         if self.upstream_query is not None:
             ex.upstream_query = dict(self.upstream_query)  # the lane's copy is shared by its cache
+        if self.params is not None:
+            ex.path_params = self.params
         forwarder = lane.forwarder
         upstream = UpstreamRequest("GET", self.upstream_target, wire_headers(ex.upstream_headers), b"")
         done = FastCall(lane.fast, ex, self.token, proto.listener, route, lane.observers, proto.lane_reply)

@@ -87,8 +87,20 @@ class Listener:
         return reply
 
     def lane(self, target: bytes) -> LaneRoute | None:
-        """The current runtime's lane (``proxy.lane``) for a request target, if it has one."""
-        return self._runtime().lanes.get(target)
+        """The current runtime's lane (``proxy.lane``) for a request path, if it has one."""
+        runtime = self._runtime()
+        lane = runtime.lanes.get(target)
+        if lane is not None or not runtime.template_lanes:
+            return lane
+        if b"%" in target or not target.isascii():
+            return None  # escapes: the ordinary path normalises them
+        try:
+            found = runtime.routes.match(target.decode("ascii"))  # the route the ordinary path would pick
+        except ProxyError:
+            return None  # a bad parameter: the ordinary path renders the 400
+        if found is None or found[1] is None:
+            return None
+        return runtime.template_lanes.get(found[0].name)
 
     def handle(self, downstream: Downstream, done: Callable[[Reply], None]) -> None:
         """Answer ``downstream`` through ``done`` (called once; maybe before this returns).

@@ -59,6 +59,11 @@ class RouteTable:
         return None
 
 
+def match_template(t: Template, path: str) -> Params | None:
+    """``_match`` for the lane (``proxy.lane``), on a path the route table already gave that template."""
+    return _match(t, path)
+
+
 def _match(t: Template, path: str) -> Params | None:
     """The params, None when the path is not this template's, InvalidPathParameter when it is but
     a value is not acceptable. A parameter may swallow extra segments only to be refused."""

@@ -49,6 +49,7 @@ class Runtime:
     limits: ListenerConfig                  # the h1 listener's (``H1Limits``): read once per new connection
     tracing: Tracing                        # a long-lived resource, replaced only when its settings change
     lanes: Mapping[bytes, LaneRoute] = field(default_factory=dict)  # exact targets done on bytes (proxy.lane)
+    template_lanes: Mapping[str, LaneRoute] = field(default_factory=dict)  # template routes' lanes, by route name
 
 
 def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) -> Runtime:
@@ -109,6 +110,7 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
     )
     access = AccessLog(resources.commlog, policy)
     observers: tuple[Observer, ...] = (resources.request_metrics, access)
+    lanes, template_lanes = compile_lanes(routes, observers, resources.request_metrics, access, tracing.enabled)
     runtime = Runtime(
         loaded=loaded,
         routes=RouteTable(routes),
@@ -122,6 +124,7 @@ def compile_runtime(loaded: LoadedConfig, resources: Resources, staged: Staged) 
         drain_timeout=cfg.drain_timeout,
         limits=cfg.listener,
         tracing=tracing,
-        lanes=compile_lanes(routes, observers, resources.request_metrics, access, tracing.enabled),
+        lanes=lanes,
+        template_lanes=template_lanes,
     )
     return runtime

@@ -71,7 +71,9 @@ from proxy.state import ProxyState
 from proxy.upstream.http11 import _Connection
 from tests.transports import KeepTransport
 from tests.factories import frozen_log
-from tests.helpers import TEST_CLIENT, Rig, make_rig, partner_calls, patched_routes, sandbox_app, sandbox_env, shipped_config
+from tests.keys import keys_for_tests
+from tests.test_partner_api import order
+from tests.helpers import JSON_HEADERS, TEST_CLIENT, Rig, make_rig, partner_calls, patched_routes, sandbox_app, sandbox_env, shipped_config
 
 # The lane exists only on the http11 transport (it is a lane of the callback path) ...
 on_http11 = pytest.mark.skipif(TEST_CLIENT == "aiohttp", reason="the lane needs the http11 transport")
@@ -169,7 +171,7 @@ class Side:
         if lanes:
             listener = Listener(state.current)
         else:
-            plain = dataclasses.replace(runtime, lanes={})  # the same objects, no lane
+            plain = dataclasses.replace(runtime, lanes={}, template_lanes={})  # the same objects, no lane
             listener = Listener(lambda: plain)
         server = H1Server(listener)
         server.ticker.date = DATE
@@ -472,6 +474,58 @@ async def test_a_route_that_sends_a_date_sends_it_on_the_lane_and_again_on_a_ret
     assert b"date: x" not in sent.lower() and b"X-Client-Id: app-1\r\nDate: " in sent, "the app's Date is replaced, in place"
 
 
+ORDER = b"/v1/orders/ord-1.a_b~c"
+ORDER_BODY = b'{"data":{"type":"order","id":"ord-1.a_b~c","attributes":{"status":"Success","serial_number":"1234"}}}'
+
+
+def signed(status: int = 200, *lines: str | bytes, body: bytes = ORDER_BODY, signature: str | None = None) -> bytes:
+    """An order-status answer signed by the sandbox's key, as the partner signs it."""
+    sig = keys_for_tests().sandbox.signer.sign(body) if signature is None else signature
+    return answer(status, "Content-Type: application/json", *lines, f"Signature: {sig}", body=body)
+
+
+# order_status: a template path, upstream.date, and a verified 200 (pass_back: [Signature])
+ORDERS = {
+    # name: (partner answers, lane taken)
+    "a signed 200": ([signed()], True),
+    "a signed 200, the header in lower case and a second one after": ([signed(200, "X-Other: 1").replace(b"Signature:", b"signature:") + b""], True),
+    "a 200 with a bad signature": ([signed(signature="AAAA" * 86 + "AA==")], True),
+    "a 200 signed over another body": ([signed(signature=keys_for_tests().sandbox.signer.sign(b"{}"))], True),
+    "a 200 without a signature": ([answer(200, "Content-Type: application/json", body=ORDER_BODY)], True),
+    "a 200 with a non-ASCII signature": ([answer(200, "Content-Type: application/json", b"Signature: \xff\xfe", body=ORDER_BODY)], True),
+    "a 404 (not signed)": ([jsonapi(404, "S02")], True),
+    "a 500, retried, then a signed 200": ([jsonapi(500, "S00"), signed()], True),
+}
+
+
+@on_http11
+@pytest.mark.parametrize("name", list(ORDERS))
+async def test_order_status_on_both_paths(twins: Twins, name: str) -> None:
+    """The lane verifies a 200 with the route's VerifyAnswer verifier and passes it, Signature
+    header included; any 200 it cannot pass goes to the ordinary path, which refuses it with 502
+    SignatureInvalid, counted and notified once."""
+    answers, taken = ORDERS[name]
+    lane, plain = await twins()
+    got, _ = await assert_same(lane, plain, request(*BASE, target=ORDER), answers, taken=taken, new_trace=True, new_id=True)
+    assert all(sent.startswith(b"GET /v2/order/ord-1.a_b~c HTTP/1.1\r\n") and _PARTNER_DATE.search(sent) for sent in got.sent)
+    status = int(got.answer.split(b" ", 2)[1])
+    body = got.answer.split(b"\r\n\r\n", 1)[1]
+    if name.startswith(("a signed 200", "a 500")):
+        assert status == 200 and b"\r\nsignature: " in got.answer.lower() and body == ORDER_BODY, got.answer
+    elif name.startswith("a 200"):
+        assert status == 502 and json.loads(body)["error"]["type"] == "SignatureInvalid", got.answer
+
+
+@on_http11
+async def test_order_status_requests_the_lane_leaves_to_the_ordinary_path(twins: Twins) -> None:
+    """A query string, another path under the template, an escape, a parameter that is not one
+    clean segment: each decided by the ordinary path, with the same bytes."""
+    lane, plain = await twins()
+    for target, status in ((ORDER + b"?x=1", 200), (b"/v1/orders/%61bc", 200), (b"/v1/orders/a/b", 400), (b"/v1/orders/..", 400)):
+        got, _ = await assert_same(lane, plain, request(*BASE, target=target), [signed()], taken=False, new_trace=True, new_id=True)
+        assert int(got.answer.split(b" ", 2)[1]) == status, (target, got.answer)
+
+
 # Connection values: (value, lane taken). The lane takes the two that name no forwarded header.
 CONNECTION_VALUES = [
     (b"keep-alive", True), (b"KEEP-ALIVE", True), (b"\tclose", True), (b"close \t", True),
@@ -671,7 +725,7 @@ def without_lane(rig: Rig) -> Rig:
     """The rig's listener never finds a lane: every request takes the ordinary path."""
     # the same runtime with no lanes (the listener reads its runtime through this getter; a compiled
     # Listener takes no replaced methods)
-    without = dataclasses.replace(rig.state.current(), lanes={})
+    without = dataclasses.replace(rig.state.current(), lanes={}, template_lanes={})
     listener_of(rig)._runtime = lambda: without
     return rig
 
@@ -708,6 +762,30 @@ async def test_a_warm_get_of_the_product_list_takes_the_lane(aiohttp_client: Any
     record = (await partner_calls(stream, 2))[-1]
     assert record["request_id"] == "e2e-1" and record["token_source"] == "memory" and record["status"] == 200
     assert listener.inflight == 0
+
+
+@on_http11
+@on_h1
+async def test_a_warm_order_status_takes_the_lane_and_a_bad_signature_is_counted_once(aiohttp_client: Any, sandbox: TestServer) -> None:
+    """Against the sandbox, which signs its status answers (or, for these product codes, leaves the
+    signature out or spoils it): a good one is passed with its Signature, a bad one is the ordinary
+    path's 502, counted once in signature_failures_total."""
+    rig, _ = await new_rig(aiohttp_client, sandbox)
+    listener = listener_of(rig)
+    for request_id, product in (("ln-ok", "25k-xl"), ("ln-missing", "sign-missing"), ("ln-bad", "sign-bad")):
+        resp = await rig.client.post("/v1/orders", data=order(request_id, product_code=product), headers=JSON_HEADERS)
+        assert resp.status == 200, await resp.text()
+    await warm(rig)
+    lanes = listener.lane_requests
+    (ok,) = await raw_exchange(port_of(rig), request(*E2E_BASE, target=b"/v1/orders/ln-ok"))
+    assert ok.status == 200 and keys_for_tests().sandbox.verifier.verify(ok.body, (ok.header(b"Signature") or b"").decode())
+    assert listener.lane_requests == lanes + 1
+    for request_id, reason in (("ln-missing", "missing"), ("ln-bad", "invalid")):
+        (bad,) = await raw_exchange(port_of(rig), request(*E2E_BASE, target=b"/v1/orders/" + request_id.encode()))
+        assert bad.status == 502 and bad.header(b"Signature") is None
+        assert json.loads(bad.body)["error"]["code"] == "PARTNER_SIGNATURE_INVALID"
+        assert f'partner_proxy_signature_failures_total{{reason="{reason}",route="order_status"}} 1.0' in await rig.metrics()
+    assert listener.lane_requests == lanes + 3 and listener.inflight == 0
 
 
 @on_http11
@@ -1146,7 +1224,8 @@ async def test_the_log_policy_decides_whether_the_route_has_a_lane(tmp_path: Pat
         if not lane:
             assert runtime.lanes == {}
             return
-        assert set(runtime.lanes) == {PRODUCTS, b"/v1/balance"}, "the GETs of exact paths; order_status verifies: no lane"
+        assert set(runtime.lanes) == {PRODUCTS, b"/v1/balance"}, "the GETs of exact paths"
+        assert set(runtime.template_lanes) == {"order_status"}, "and the GET of a template path"
         found = runtime.lanes[PRODUCTS]
         assert isinstance(found, LaneRoute) and found.route.name == "get_products"
         assert (found.line is not None) == line
@@ -1177,7 +1256,11 @@ async def test_a_listener_finds_the_current_runtimes_lane() -> None:
         listener = Listener(lambda: current[0])
         assert listener.lane(PRODUCTS) is runtime.lanes[PRODUCTS]
         assert listener.lane(b"/v1/products?x=1") is None and listener.lane(b"/v1/products/") is None and listener.lane(b"/V1/products") is None
-        current[0] = dataclasses.replace(runtime, lanes={})
-        assert listener.lane(PRODUCTS) is None
+        order = runtime.template_lanes["order_status"]
+        assert listener.lane(b"/v1/orders/ord-1.a_b~c") is order
+        for other in (b"/v1/orders/", b"/v1/orders/a/b", b"/v1/orders/%61", b"/v1/orders/caf\xc3\xa9", b"/v1/orders", b"/v1/orders/a/"):
+            assert listener.lane(other) is None, other  # another path, a bad parameter, an escape: the ordinary path
+        current[0] = dataclasses.replace(runtime, lanes={}, template_lanes={})
+        assert listener.lane(PRODUCTS) is None and listener.lane(b"/v1/orders/ord-1") is None
     finally:
         await resources.close()
