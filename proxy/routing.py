@@ -53,19 +53,14 @@ class RouteTable:
         if not self._templates:
             return None
         for template, route in self._templates:
-            params = _match(template, path)
+            params = match_template(template, path)
             if params is not None:
                 return route, params
         return None
 
 
 def match_template(t: Template, path: str) -> Params | None:
-    """``_match`` for the lane (``proxy.lane``), on a path the route table already gave that template."""
-    return _match(t, path)
-
-
-def _match(t: Template, path: str) -> Params | None:
-    """The params, None when the path is not this template's, InvalidPathParameter when it is but
+    """(Also the lane's, ``proxy.lane``, on a path this table already gave that template.) The params, None when the path is not this template's, InvalidPathParameter when it is but
     a value is not acceptable. A parameter may swallow extra segments only to be refused."""
     if not path.startswith("/"):
         return None
