@@ -15,6 +15,13 @@ may shrink or vanish once the kernel and the loop are in the picture.
     python bench/ab.py /path/to/tree .       # or two source trees
     python bench/ab.py main HEAD --rounds 6 --duration 5 --path /v1/orders/bench-order-1
     python bench/ab.py main HEAD --compile   # both sides as the image builds them (mypyc, setup.py)
+    python bench/ab.py main HEAD --compile --latency --rounds 6   # and their latency at 500 req/s
+
+``--latency`` adds, after the CPU rounds, rounds of open-loop load at ``--rate`` requests per second
+on both sides in the same window (``bench/fixed_rate.py``, B's requests half an interval after A's,
+which side leads swapped every round): what each side's p50/p90/p99 is when both see the same
+machine. The summary is the median over rounds of B − A, each round's pair taken together: on a
+shared VM the p99 of two separate windows differs by more than most changes move it.
 
 A ref is checked out with ``git worktree add --detach`` into a temporary directory and removed at
 the end. Each sidecar imports its own tree's ``proxy`` package and reads its own tree's
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import signal
@@ -83,6 +91,39 @@ def checkout(ref: str, tmp: Path, worktrees: list[Path]) -> Path:
     return target
 
 
+PERCENTILES = ("p50_ms", "p90_ms", "p99_ms")
+
+
+def latency_rounds(sides: list[Side], args: argparse.Namespace, procs: B.Processes) -> None:
+    """Both sides under the same open-loop load in one window per round; prints per side and B − A."""
+    got: dict[str, list[dict[str, float]]] = {s.label: [] for s in sides}
+    for rnd in range(args.rounds):
+        lead, other = sides if rnd % 2 == 0 else sides[::-1]
+        argv = [sys.executable, str(B.BENCH / "fixed_rate.py"), "--url", lead.url, "--baseline-url", other.url,
+                "--rate", f"{args.rate:g}", "--duration", f"{args.rate_duration:g}"]
+        for name, value in B.APP_HEADERS.items():
+            argv += ["-H", f"{name}: {value}"]
+        out = procs.run(argv, cpu=args.other_cpu, timeout=args.rate_duration + 60)
+        if out.returncode != 0:
+            raise B.BenchError(f"fixed-rate client failed (exit {out.returncode}):\n{out.stderr[-2000:]}")
+        result = json.loads(out.stdout)
+        for side, res in ((lead, result), (other, result["baseline"])):
+            if res["ok"] != res["sent"]:
+                raise B.BenchError(f"side {side.label}: {res['ok']} of {res['sent']} answered 2xx: {res['statuses']} {res['errors']}")
+            got[side.label].append({k: res[k] for k in PERCENTILES})
+        B.log(f"latency round {rnd + 1} ({lead.label} leads): " + ", ".join(
+            f"{s.label} " + " / ".join(f"{got[s.label][-1][k]:.3f}" for k in PERCENTILES) for s in sides) + " ms (p50 / p90 / p99)")
+    print(f"\nlatency at {args.rate:g} req/s per side, both in one window, {args.rounds} rounds of {args.rate_duration:g} s (ms)")
+    print(f"{'':3} {'p50':>7} {'p90':>7} {'p99':>7}   p99 per round")
+    for side in sides:
+        rows = got[side.label]
+        print(f"{side.label:3} " + " ".join(f"{statistics.median(r[k] for r in rows):7.3f}" for k in PERCENTILES)
+              + "   " + " ".join(f"{r['p99_ms']:.3f}" for r in rows))
+    a_rows, b_rows = got[sides[0].label], got[sides[1].label]
+    print("B - A, median of the rounds' differences: " + ", ".join(
+        f"{k[:-3]} {statistics.median(b[k] - a[k] for a, b in zip(a_rows, b_rows)):+.3f}" for k in PERCENTILES) + " ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", help="git ref or source tree of version A (the baseline)")
@@ -93,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", default=B.APP_PATH, help="the app path to load (a GET route of the shipped config)")
     parser.add_argument("--server-cpu", default="0")
     parser.add_argument("--other-cpu", default="1", help="upstream nginx, Redis and wrk")
+    parser.add_argument("--latency", action="store_true", help="also compare p50/p90/p99 at --rate req/s, both sides in one window")
+    parser.add_argument("--rate", type=float, default=500.0, help="--latency: requests per second per side (default %(default)s)")
+    parser.add_argument("--rate-duration", type=float, default=10.0, help="--latency: seconds per round (default %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="build each side's mypyc extensions first (setup.py build_ext --inplace; a checked-out ref has none)")
     args = parser.parse_args(argv)
@@ -170,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                   + " ".join(f"{t:.1f}" for t in side.total()))
         a, b = (statistics.median(s.total()) for s in sides)
         print(f"\nB / A: x{b / a:.3f} CPU per request ({b - a:+.1f} µs)")
+        if args.latency:
+            latency_rounds(sides, args, procs)
         return 0
     except B.BenchError as exc:
         print(f"bench/ab.py: {exc}", file=sys.stderr)

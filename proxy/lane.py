@@ -99,7 +99,9 @@ class H1Protocol(Protocol):
 
     def lane_reply(self, reply: Reply) -> None: ...
 
-    def lane_answer(self, status: int, passed: bytes, request_id: str, content_type: bytes, body: bytes, keep_alive: bool) -> None: ...
+    def lane_answer(
+        self, status: int, passed: bytes, request_id: str, content_type: bytes, body: bytes, keep_alive: bool, then: Callable[[], None],
+    ) -> None: ...
 
 
 _DROP = frozenset(name.encode("ascii") for name in DROP_HEADERS)
@@ -329,6 +331,7 @@ class LaneCall:
     __slots__ = (
         "proto", "lane", "raw", "parts", "seen", "keep_alive", "version", "started", "target",
         "upstream_target", "upstream_query", "date", "params", "token", "trial", "attempt_started", "breaker_state", "request_id", "traceparent", "tracestate",
+        "status", "elapsed",
     )
 
     def __init__(
@@ -356,6 +359,8 @@ class LaneCall:
         self.request_id = ""
         self.traceparent = ""
         self.tracestate: str | None = None
+        self.status = 0  # a passed answer's, for ``account``
+        self.elapsed = 0.0
 
     def start(self) -> bool:
         """At the request's end: send it. False, with nothing done: the ordinary path takes it."""
@@ -427,30 +432,33 @@ class LaneCall:
 
     def _passed(self, status: int, content_type: bytes, passed: bytes, body: bytes) -> None:
         """A 200-202 passed through: what ``FastCall``, ``Listener.finish_fast`` and the observers
-        do for it, on bytes."""
+        do for it, on bytes. The answer is queued first and the metrics and log line run after it
+        has been written (``Cork.after``): the app need not wait for our accounting."""
         lane = self.lane
         proto = self.proto
         try:
             lane.forwarder.succeeded(self.trial, self.attempt_started, status)
         finally:  # whatever happens, the drain must not wait for this request
             proto.listener.leave()
+        self.status = status
+        self.elapsed = perf_counter() - self.started
+        proto.lane_answer(status, passed, self.request_id, content_type, body, self.keep_alive, self.account)
+
+    def account(self) -> None:
+        """The metrics and the ``partner_call`` line of a passed answer, once it is written. A bug
+        here is logged: the partner's answer has already gone to the app, and is the truth."""
+        lane = self.lane
         try:
-            elapsed = perf_counter() - self.started
-            lane.metrics.record(lane.route.name, status, elapsed)
+            lane.metrics.record(lane.route.name, self.status, self.elapsed)
             line = lane.line
             if line is not None:
                 client = self.seen.get(b"x-client-id")
                 line.write(
-                    self.request_id, self.traceparent, _text(client) if client is not None else "", status, elapsed,
+                    self.request_id, self.traceparent, _text(client) if client is not None else "", self.status, self.elapsed,
                     self.token.source if self.token is not None else None, self.breaker_state,
                 )
-        except Exception:  # a bug in an observer: one answer still, as Listener.finish_fast gives it
-            log.exception("unhandled error answering route %s (request %s)", lane.route.name, self.request_id)
-            request = proto.lane_handed_on(self)
-            language = lane.route.language(request.headers.get("Accept-Language"))
-            proto.lane_reply(error_reply(ProxyError("unhandled"), language, self.request_id))
-            return
-        proto.lane_answer(status, passed, self.request_id, content_type, body, self.keep_alive)
+        except Exception:
+            log.exception("unhandled error accounting route %s (request %s) after its answer", lane.route.name, self.request_id)
 
     def _hand_on(self, answer: UpstreamAnswer | None, error: BaseException | None) -> None:
         """Any other outcome: the forwarder's, ``FastCall``'s and the listener's own code, with the

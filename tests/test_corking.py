@@ -107,6 +107,44 @@ async def test_a_broken_transport_does_not_hold_back_the_others(caplog: pytest.L
     assert "write to a transport failed" in caplog.text
 
 
+async def test_work_queued_after_runs_once_the_iterations_writes_are_out() -> None:
+    log: list[tuple[str, str]] = []
+    loop = CountingLoop(asyncio.get_running_loop())
+    cork = Cork(loop)  # type: ignore[arg-type]
+    a, b = Recorder("a", log), Recorder("b", log)
+    cork.write(a, b"answer")
+    cork.after(lambda: log.append(("after", "1")))
+    cork.write(b, b"written after the after() call, still before it runs")
+    cork.after(lambda: log.append(("after", "2")))
+    assert log == []
+    await asyncio.sleep(0)
+    assert log == [("a", "answer"), ("b", "written after the after() call, still before it runs"), ("after", "1"), ("after", "2")]
+    assert loop.scheduled == 1, "one flush carries the writes and the work after them"
+
+
+async def test_work_queued_after_with_nothing_to_write_still_runs() -> None:
+    # the lane's accounting when the app's connection closed before its answer
+    ran: list[str] = []
+    cork = Cork(asyncio.get_running_loop())
+    cork.after(lambda: ran.append("accounted"))
+    await asyncio.sleep(0)
+    assert ran == ["accounted"]
+
+
+async def test_work_after_that_raises_is_logged_and_the_rest_still_runs(caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[str] = []
+    cork = Cork(asyncio.get_running_loop())
+
+    def broken() -> None:
+        raise RuntimeError("an accounting bug")
+
+    cork.after(broken)
+    cork.after(lambda: ran.append("second"))
+    await asyncio.sleep(0)
+    assert ran == ["second"]
+    assert "work queued after the answers failed" in caplog.text and "an accounting bug" in caplog.text
+
+
 async def test_flush_now_writes_what_is_queued() -> None:
     # H1Server.close flushes before it aborts the connections
     log: list[tuple[str, str]] = []

@@ -32,6 +32,7 @@ import dataclasses
 import io
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -788,34 +789,80 @@ async def test_a_warm_order_status_takes_the_lane_and_a_bad_signature_is_counted
     assert listener.lane_requests == lanes + 3 and listener.inflight == 0
 
 
-@on_http11
-@on_h1
-async def test_a_bug_in_an_observer_on_the_lane_still_answers_once_and_leaves_nothing_in_flight(
-    aiohttp_client: Any, sandbox: TestServer, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """As ``Listener.finish_fast`` does for the ordinary path: the envelope's 500, and the drain
-    does not wait for a request that will never end."""
-    rig, _ = await new_rig(aiohttp_client, sandbox)
-    listener = listener_of(rig)
-    await warm(rig)
-
-    # RequestMetrics is compiled (no patched methods): break the one counter it bound for this
-    # route and status, so the request-count update itself raises and nothing else does.
-    lane = listener.lane(b"/v1/products")
+def broken_counter(rig: Rig, monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -> None:
+    """Call ``then`` where the lane counts get_products' 200 (RequestMetrics is compiled: it takes
+    no patched methods, so the one counter it bound for this route and status is watched)."""
+    lane = listener_of(rig).lane(b"/v1/products")
     assert lane is not None
     target = lane.metrics._bound["get_products"][200][0]
     inc = proxy.metrics.HotCounter.inc
 
-    def broken(self: Any, n: float = 1) -> None:
+    def watched(self: Any, n: float = 1) -> None:
         if self is target:
-            raise RuntimeError("an observer bug")
+            then()
         inc(self, n)
 
-    monkeypatch.setattr(proxy.metrics.HotCounter, "inc", broken)
+    monkeypatch.setattr(proxy.metrics.HotCounter, "inc", watched)
+
+
+@on_http11
+@on_h1
+async def test_the_lane_writes_the_answer_before_its_metrics_and_log_line(
+    aiohttp_client: Any, sandbox: TestServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The accounting runs after the answer has left the process (``Cork.after``): when the
+    request counter is updated, the app's socket already holds the whole answer."""
+    rig, stream = await new_rig(aiohttp_client, sandbox)
+    await warm(rig)
+    client = socket.create_connection(("127.0.0.1", port_of(rig)))
+    client.setblocking(False)
+    seen: list[bytes] = []
+
+    def peek() -> None:
+        try:
+            seen.append(client.recv(65536, socket.MSG_PEEK))
+        except BlockingIOError:
+            seen.append(b"")
+
+    broken_counter(rig, monkeypatch, peek)
+    try:
+        client.sendall(request(*E2E_BASE))
+        deadline = asyncio.get_running_loop().time() + 5
+        while not seen and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+    finally:
+        client.close()
+    assert listener_of(rig).lane_requests == 1
+    assert len(seen) == 1 and seen[0].startswith(b"HTTP/1.1 200 OK\r\n"), seen
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head + b"\r\n")
+    assert length and len(body) == int(length.group(1)) and json.loads(body)["data"], "the whole answer, body included, was written first"
+    record = (await partner_calls(stream, 2))[-1]
+    assert record["request_id"] == "e2e-1" and record["status"] == 200, "and the log line still follows"
+
+
+@on_http11
+@on_h1
+async def test_a_bug_in_the_lanes_accounting_is_logged_and_the_partners_answer_still_goes_out(
+    aiohttp_client: Any, sandbox: TestServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The answer is written before the metrics and the log line, so a bug there cannot turn the
+    partner's 200 into a 500: it is logged with the route and the request id, and the drain does
+    not wait for the request."""
+    rig, _ = await new_rig(aiohttp_client, sandbox)
+    listener = listener_of(rig)
+    await warm(rig)
+
+    def bug() -> None:
+        raise RuntimeError("an observer bug")
+
+    broken_counter(rig, monkeypatch, bug)
     (got,) = await raw_exchange(port_of(rig), request(*E2E_BASE))
     assert listener.lane_requests == 1
-    assert got.status == 500 and json.loads(got.body)["error"]["request_id"] == "e2e-1"
+    assert got.status == 200 and json.loads(got.body)["data"] and got.header(b"X-Request-Id") == b"e2e-1"
     assert listener.inflight == 0
+    assert "unhandled error accounting route get_products (request e2e-1) after its answer" in caplog.text
+    assert "an observer bug" in caplog.text
     monkeypatch.undo()
     (again,) = await raw_exchange(port_of(rig), request(*E2E_BASE))
     assert again.status == 200 and listener.lane_requests == 2, "the connection pool and the lane still work"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import httptools
@@ -404,9 +405,13 @@ class H1Protocol(asyncio.Protocol):
     def lane_reply(self, reply: Reply) -> None:
         self._done(reply)
 
-    def lane_answer(self, status: int, passed: bytes, request_id: str, content_type: bytes, body: bytes, keep_alive: bool) -> None:
-        """The lane's reply (``_answer`` for bytes): a GET, complete, answered in its turn."""
+    def lane_answer(
+        self, status: int, passed: bytes, request_id: str, content_type: bytes, body: bytes, keep_alive: bool, then: Callable[[], None],
+    ) -> None:
+        """The lane's reply (``_answer`` for bytes): a GET, complete, answered in its turn. ``then``
+        (its accounting) runs once the reply is written, or at once if the app has gone."""
         self._active = None
+        self._cork.after(then)
         if self._closed:
             return
         close = not keep_alive or self._stopped or self._server.closing
