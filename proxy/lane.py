@@ -68,7 +68,7 @@ from proxy.reply import Reply, error_reply
 from proxy.request_metrics import RequestMetrics
 from proxy.routing import match_template
 from proxy.tracing import child_traceparent, forwarded_tracestate, request_id_from
-from proxy.types import CompiledRoute, FastEnd, Observer
+from proxy.types import ACCOUNTING_BUG, CompiledRoute, FastEnd, Observer
 from proxy.upstream.http11 import StrictAnswer
 from proxy.upstream.transport import Event, Phase, UpstreamAnswer, UpstreamRequest, wire_error
 
@@ -446,7 +446,7 @@ class LaneCall:
 
     def account(self) -> None:
         """The metrics and the ``partner_call`` line of a passed answer, once it is written. A bug
-        here is logged: the partner's answer has already gone to the app, and is the truth."""
+        here is logged (``proxy.listener.account``'s rule): the answer has already gone, and stands."""
         lane = self.lane
         try:
             lane.metrics.record(lane.route.name, self.status, self.elapsed)
@@ -458,7 +458,7 @@ class LaneCall:
                     self.token.source if self.token is not None else None, self.breaker_state,
                 )
         except Exception:
-            log.exception("unhandled error accounting route %s (request %s) after its answer", lane.route.name, self.request_id)
+            log.exception(ACCOUNTING_BUG, lane.route.name, self.request_id)
 
     def _hand_on(self, answer: UpstreamAnswer | None, error: BaseException | None) -> None:
         """Any other outcome: the forwarder's, ``FastCall``'s and the listener's own code, with the

@@ -29,7 +29,7 @@ from proxy.headers import HttpDate, downstream_headers, upstream_headers
 from proxy.otel import Tracing
 from proxy.reply import Reply, error_reply
 from proxy.runtime import Runtime
-from proxy.types import CompiledRoute, FastState, Observer, ReplyTo
+from proxy.types import ACCOUNTING_BUG, CompiledRoute, FastState, Observer, ReplyTo
 
 if TYPE_CHECKING:
     from proxy.lane import LaneRoute
@@ -205,12 +205,14 @@ class Listener:
                 if reply is None:  # cancelled: the app went away
                     span.end(None, "cancelled")
         if span is not None:
-            span.end(
-                reply.status, ex.error_type,
-                {"partner_proxy.partner_code": ex.partner_code, "partner_proxy.token_source": ex.token_source},
-            )
-        for observer in runtime.observers:
-            observer.on_finish(ex, route, reply.status, upstream)
+            try:
+                span.end(
+                    reply.status, ex.error_type,
+                    {"partner_proxy.partner_code": ex.partner_code, "partner_proxy.token_source": ex.token_source},
+                )
+            except Exception:
+                log.exception(ACCOUNTING_BUG, route.name, ex.request_id)
+        account(runtime.observers, ex, route, reply.status, upstream)
         return reply
 
     def finish_fast(self, call: FastState, upstream: UpstreamResponse | None, error: BaseException | None) -> None:
@@ -228,12 +230,10 @@ class Listener:
                 if not isinstance(error, asyncio.CancelledError):
                     log.error("unhandled error on route %s (request %s)", call.route.name, ex.request_id, exc_info=error)
                 reply = self._error(ex, ProxyError("unhandled"))
-            route = call.route
-            for observer in call.observers:
-                observer.on_finish(ex, route, reply.status, upstream)
-        except Exception:  # a bug in rendering or an observer: still one answer, never a silent drop
+        except Exception:  # a bug in rendering: still one answer, never a silent drop
             log.exception("unhandled error answering route %s (request %s)", call.route.name, ex.request_id)
             reply = error_reply(ProxyError("unhandled"), ex.language, ex.request_id)
+        account(call.observers, ex, call.route, reply.status, upstream)
         call.done(reply)
 
     def _answer(self, ex: Exchange, upstream: UpstreamResponse) -> Reply:
@@ -259,6 +259,17 @@ class _Refused:
     route: CompiledRoute
     observers: tuple[Observer, ...]
     done: ReplyTo
+
+
+def account(observers: tuple[Observer, ...], ex: Exchange, route: CompiledRoute, status: int, upstream: UpstreamResponse | None) -> None:
+    """The observers' ``on_finish`` (metrics, the ``partner_call`` line). A bug in one is logged and
+    never changes the answer: the partner has already acted (a checkout may have been charged) and
+    the app must be told what it said, not a 500. The other observers still run."""
+    for observer in observers:
+        try:
+            observer.on_finish(ex, route, status, upstream)
+        except Exception:
+            log.exception(ACCOUNTING_BUG, route.name, ex.request_id)
 
 
 def _reply_to(done: Callable[[Reply], None], ex: Exchange, task: asyncio.Task[Reply]) -> None:

@@ -79,11 +79,16 @@ class Filter(Protocol):
 
 class Observer(Protocol):
     """Sees each matched request start and every answered request finish (after its response is
-    built); must not raise or block. ``route`` is None for a request no route matched."""
+    built); must not raise or block. ``route`` is None for a request no route matched. One that
+    raises anyway is logged with ``ACCOUNTING_BUG`` and does not change the answer
+    (``proxy.listener.account``, ``proxy.lane.LaneCall.account``)."""
 
     def on_start(self, ex: Exchange, route: CompiledRoute) -> None: ...
 
     def on_finish(self, ex: Exchange, route: CompiledRoute | None, status: int, upstream: UpstreamResponse | None) -> None: ...
+
+
+ACCOUNTING_BUG = "unhandled error accounting route %s (request %s); the answer stands"
 
 
 def report_to(done: Done, task: asyncio.Task[UpstreamResponse]) -> None:

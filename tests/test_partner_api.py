@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,62 @@ async def test_methods_outside_the_route_are_405(rig: Rig) -> None:
     assert resp.status == 405 and resp.headers["Allow"] == "GET"
     resp = await rig.client.get("/v1/orders", headers=JSON_HEADERS)
     assert resp.status == 405 and resp.headers["Allow"] == "POST"
+
+
+# --- a bug in the accounting never changes the answer ------------------------------------------
+
+
+class BrokenObserver:
+    """An observer with a bug (a metrics or log observer that raises): added to the runtime's own."""
+
+    def __init__(self) -> None:
+        self.finished: list[int] = []
+
+    def on_start(self, ex: Any, route: Any) -> None:
+        pass
+
+    def on_finish(self, ex: Any, route: Any, status: int, upstream: Any) -> None:
+        self.finished.append(status)
+        raise RuntimeError("an accounting bug")
+
+
+def with_broken_observer(rig: Rig, lanes: bool = True) -> BrokenObserver:
+    """The rig's runtime with a raising observer first (the real ones after it); ``lanes=False``
+    also takes the lane away, so a product list runs on the ordinary callback path."""
+    broken = BrokenObserver()
+    runtime = rig.state.current()
+    changes: dict[str, Any] = {"observers": (broken, *runtime.observers)}
+    if not lanes:
+        changes.update(lanes={}, template_lanes={})
+    rig.state.runtime = dataclasses.replace(runtime, **changes)
+    return broken
+
+
+async def test_a_checkout_the_partner_accepted_is_answered_as_accepted_whatever_the_accounting_does(
+    rig: Rig, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Money: the partner has charged the account; a 500 would tell the app nothing of that."""
+    broken = with_broken_observer(rig)
+    resp = await post(rig, "/v1/orders", order("rq-acct"), **{"X-Request-Id": "rq-acct-call"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["data"]["attributes"]["status"] == "Pending"
+    assert broken.finished == [200]
+    assert len(calls(rig, "/v2/order")) == 1 and partner(rig).orders.get("rq-acct") is not None
+    assert "unhandled error accounting route checkout (request rq-acct-call); the answer stands" in caplog.text
+    metrics = await (await rig.admin.get("/metrics")).text()
+    assert 'partner_proxy_requests_total{route="checkout",status="200"} 1.0' in metrics, "the observers after it still ran"
+
+
+async def test_on_the_callback_path_a_bug_in_the_accounting_leaves_the_partners_answer(
+    rig: Rig, caplog: pytest.LogCaptureFixture,
+) -> None:
+    (await get(rig, "/v1/products")).release()  # token in memory, a pooled connection: the callback path
+    broken = with_broken_observer(rig, lanes=False)
+    listener = getattr(rig.client.server, "listener", None)  # the h1 server's (the suite's default)
+    before = listener.callback_requests if listener is not None else 0
+    resp = await get(rig, "/v1/products", **{"X-Request-Id": "cb-acct"})
+    assert resp.status == 200 and (await resp.json())["data"]
+    if listener is not None:
+        assert listener.callback_requests == before + 1 and listener.lane_requests == 0, "the ordinary callback path"
+    assert broken.finished == [200]
+    assert "unhandled error accounting route get_products (request cb-acct); the answer stands" in caplog.text
