@@ -57,14 +57,13 @@ from time import perf_counter
 from typing import Protocol
 
 from proxy.accesslog import AccessLog, SuccessLine
-from proxy.errors import ProxyError
 from proxy.exchange import Downstream, Exchange
 from proxy.fastpath import FastCall, FastRoute
 from proxy.config.templates import parse_template
 from proxy.h1.downstream import parse_query
 from proxy.headers import DROP_HEADERS, HttpDate, answer_lines, upstream_headers, wire_headers
 from proxy.oauth.token import Token
-from proxy.reply import Reply, error_reply
+from proxy.reply import Reply
 from proxy.request_metrics import RequestMetrics
 from proxy.routing import match_template
 from proxy.tracing import child_traceparent, forwarded_tracestate, request_id_from
