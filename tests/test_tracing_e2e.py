@@ -17,9 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from opentelemetry.trace import SpanKind
 
 from proxy.config import load_config
 from proxy.errors import ConfigError
+from proxy.otel.tracer import Span
 from tests.helpers import ERRORS, ROUTES, Rig, make_rig, partner_calls, patched_routes, sandbox_app, sandbox_env, shipped_config
 from tests.otlp_receiver import Got, OtlpReceiver, closed_port_url, start_otlp_receiver
 from tests.process import Sidecar, get_products, metric_value
@@ -75,6 +77,28 @@ def by_kind(spans: list[Got]) -> tuple[list[Got], list[Got], list[Got]]:
 
 def sample(rig: Rig, name: str, **labels: str) -> float:
     return rig.state.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_bug_ending_the_server_span_is_logged_and_the_answer_and_metrics_stand(
+    aiohttp_client: Any, sandbox: TestServer, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The span's end is accounting too (``proxy.listener.account``'s rule): a bug there neither
+    becomes a 500 nor skips the observers after it."""
+    rig = await traced_rig(aiohttp_client, sandbox, monkeypatch, receiver.base, tmp_path)
+    end = Span.end
+
+    def broken(self: Span, status_code: int | None = None, *args: Any, **kwargs: Any) -> None:
+        if getattr(self._span, "kind", None) is SpanKind.SERVER and status_code is not None:
+            raise RuntimeError("a span bug")
+        end(self, status_code, *args, **kwargs)
+
+    monkeypatch.setattr(Span, "end", broken)
+    resp = await rig.get(headers={"X-Request-Id": "span-bug"})
+    assert resp.status == 200 and (await resp.json())["data"]
+    assert "unhandled error accounting route get_products (request span-bug); the answer stands" in caplog.text
+    assert "a span bug" in caplog.text
+    assert sample(rig, "partner_proxy_requests_total", route="get_products", status="200") == 1.0
 
 
 # ---- ids, parents, propagation -------------------------------------------------------------------
